@@ -1,0 +1,49 @@
+"""``innerloop train | evaluate | serve | models``: one command over the library.
+
+Each subcommand's options and behaviour live next to the code they drive (training in
+``innerloop_training.cli_*``, serving in ``innerloop_server.cli_*``); this module only wires
+them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, help); each module defines add_arguments(parser) and run(args) -> int
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("innerloop_training.cli_train", "meta-train a learner and write a checkpoint"),
+    "evaluate": ("innerloop_training.cli_evaluate",
+                 "evaluate a checkpoint on fixed, seeded episodes (accuracy or MSE, 95% CI)"),
+    "serve": ("innerloop_server.cli_serve", "serve checkpoints over HTTP"),
+    "models": ("innerloop_server.cli_models", "list model cards of a folder or a running server"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="innerloop",
+        description="Few-shot adaptation: meta-train starting points, then adapt them per request.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(
+            name, help=help_text, description=(module.__doc__ or help_text).strip(),
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""A meta-learned starting point: body template, meta-parameters, step sizes, head and defaults.
+
+The classification head is built per task from the support set, so predictions do not depend on
+the order or the names of the labels and any number of ways works with one checkpoint:
+
+- ``proto`` (Proto-MAML, Triantafillou et al. 2020): row ``c`` of the head is ``2 * mu_c`` and its
+  bias ``-|mu_c|^2``, where ``mu_c`` is the (weighted) mean support feature of class ``c``. Before
+  any inner step this is a prototypical network; inner steps then fine-tune body and head.
+- ``zero`` (unicorn-MAML, Ye & Chao 2022): one meta-learned head vector and bias copied to every
+  class; the inner loop makes them class-specific.
+
+Per-class means use ``support_weight``, so unbalanced support sets and padded rows are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from innerloop.adaptation import InnerLoop, Params, Predictions, adapt_and_predict
+from innerloop.models import ArchConfig, body_parameters, build_body, feature_dim
+
+HEADS = ("proto", "zero", "none")
+TASKS = ("classification", "regression")
+MASKED_LOGIT = -1.0e4  # finite, so masked ways never produce NaN gradients
+
+
+@dataclass(frozen=True)
+class InnerDefaults:
+    """The inner loop a checkpoint was meta-trained with, used unless a request overrides it."""
+
+    steps: int = 5
+    lr: float = 0.4
+    optimizer: str = "sgd"
+
+    def loop(self, steps: int | None = None, first_order: bool = True) -> InnerLoop:
+        return InnerLoop(self.steps if steps is None else steps, self.optimizer, first_order)
+
+
+class Learner:
+    """Meta-parameters plus everything needed to adapt them; what a checkpoint stores."""
+
+    def __init__(
+        self,
+        arch: ArchConfig,
+        task: str,
+        head: str,
+        params: Params,
+        step_sizes: Params,
+        inner: InnerDefaults,
+        frozen: frozenset[str] = frozenset(),
+        max_ways: int = 50,
+    ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task {task!r} is not one of {TASKS}")
+        if head not in HEADS:
+            raise ValueError(f"head {head!r} is not one of {HEADS}")
+        if (task == "regression") != (head == "none"):
+            raise ValueError("regression models use head='none'; classifiers need a head")
+        self.arch = arch
+        self.task = task
+        self.head = head
+        self.body: nn.Sequential = build_body(arch)
+        self.params = params
+        self.step_sizes = step_sizes
+        self.inner = inner
+        self.frozen = frozen
+        self.max_ways = max_ways
+
+    @classmethod
+    def create(
+        cls,
+        arch: ArchConfig,
+        head: str = "proto",
+        inner: InnerDefaults | None = None,
+        learn_step_sizes: bool = False,
+        max_ways: int = 50,
+        seed: int = 0,
+    ) -> Learner:
+        """A freshly initialised learner (random body; zero shared head for ``zero``)."""
+        task = "classification" if arch.is_image_model else "regression"
+        head = head if task == "classification" else "none"
+        torch.manual_seed(seed)
+        body = build_body(arch)
+        params = body_parameters(body)
+        if head == "zero":
+            dim = feature_dim(arch, body)
+            params["head.weight"] = torch.zeros(dim)
+            params["head.bias"] = torch.zeros(1)
+        inner = inner or InnerDefaults()
+        learner = cls(arch, task, head, params, {}, inner, max_ways=max_ways)
+        learner.step_sizes = learner.initial_step_sizes(learned=learn_step_sizes)
+        return learner
+
+    # ---- shapes -------------------------------------------------------------------------
+    def head_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the per-task head step sizes (broadcast over ways)."""
+        if self.head == "none":
+            return {}
+        dim = feature_dim(self.arch, self.body)
+        return {"head.weight": (1, dim), "head.bias": (1,)}
+
+    def initial_step_sizes(self, learned: bool) -> Params:
+        """One step size per adapted tensor: a scalar, or a full tensor for Meta-SGD."""
+        shapes = {k: tuple(v.shape) for k, v in self.params.items() if k.startswith("body.")}
+        shapes.update(self.head_shapes())
+        lr = self.inner.lr
+        return {
+            name: torch.full(shape if learned else (), lr)
+            for name, shape in shapes.items()
+            if name not in self.frozen
+        }
+
+    @property
+    def learned_step_sizes(self) -> bool:
+        return any(v.dim() > 0 for v in self.step_sizes.values())
+
+    # ---- the AdaptableModel protocol ------------------------------------------------------
+    def features(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        body = {k[len("body."):]: v for k, v in params.items() if k.startswith("body.")}
+        out: Tensor = functional_call(self.body, body, (x,))
+        return out
+
+    def task_parameters(
+        self, meta_params: Params, support_x: Tensor, support_y: Tensor, support_weight: Tensor,
+        class_mask: Tensor,
+    ) -> Params:
+        params = {k: v for k, v in meta_params.items() if not k.startswith("head.")}
+        ways = class_mask.shape[-1]
+        if self.head == "proto":
+            feats = self.features(meta_params, support_x)
+            onehot = F.one_hot(support_y, ways).to(feats.dtype) * support_weight[:, None]
+            counts = onehot.sum(0).clamp_min(1e-6)
+            protos = (onehot.T @ feats) / counts[:, None]
+            params["head.weight"] = 2.0 * protos
+            params["head.bias"] = -(protos * protos).sum(-1)
+        elif self.head == "zero":
+            dim = meta_params["head.weight"].shape[-1]
+            params["head.weight"] = meta_params["head.weight"].expand(ways, dim)
+            params["head.bias"] = meta_params["head.bias"].expand(ways)
+        return params
+
+    def adapted_names(self, params: Mapping[str, Tensor]) -> list[str]:
+        return [k for k in params if k not in self.frozen]
+
+    def forward(self, params: Params, x: Tensor, class_mask: Tensor) -> Tensor:
+        out = self.features(params, x)
+        if self.head == "none":
+            return out
+        logits = out @ params["head.weight"].T + params["head.bias"]
+        return logits.masked_fill(~class_mask, MASKED_LOGIT)
+
+    def loss(self, outputs: Tensor, y: Tensor, weight: Tensor) -> Tensor:
+        if self.task == "classification":
+            per_item = F.cross_entropy(outputs, y, reduction="none")
+        else:
+            per_item = ((outputs - y) ** 2).mean(-1)
+        return (per_item * weight).sum() / weight.sum().clamp_min(1e-6)
+
+    # ---- the one call that evaluation and serving make ------------------------------------
+    def scaled_step_sizes(self, lr: float | None) -> Params:
+        """Step sizes for a requested ``lr``: learned ones are scaled by ``lr / default lr``."""
+        if lr is None:
+            return self.step_sizes
+        scale = lr / self.inner.lr
+        return {k: v * scale for k, v in self.step_sizes.items()}
+
+    def adapt_and_predict(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        support_weight: Tensor,
+        class_mask: Tensor,
+        query_x: Tensor,
+        steps: int | None = None,
+        lr: float | None = None,
+    ) -> Predictions:
+        """Adapt a batch of tasks (leading dim) and predict their queries, without a graph."""
+        loop = self.inner.loop(steps, first_order=True)
+        with torch.no_grad():
+            return adapt_and_predict(
+                self, self.params, self.scaled_step_sizes(lr), support_x, support_y,
+                support_weight, class_mask, query_x, loop,
+            )
+
+    def with_params(self, params: Params, step_sizes: Params | None = None) -> Learner:
+        """A copy sharing config, with other tensors (e.g. detached for saving)."""
+        clone = Learner(self.arch, self.task, self.head, params,
+                        self.step_sizes if step_sizes is None else step_sizes,
+                        self.inner, self.frozen, self.max_ways)
+        return clone
+
+    def with_inner(self, **changes: object) -> Learner:
+        clone = self.with_params(self.params)
+        clone.inner = replace(self.inner, **changes)  # type: ignore[arg-type]
+        return clone

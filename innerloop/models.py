@@ -1,0 +1,102 @@
+"""Network bodies, rebuilt from the architecture config stored in a checkpoint card.
+
+A body is a plain ``nn.Sequential`` used only as a template: its weights live in a parameter
+dict and are applied with ``torch.func.functional_call``, so one module serves any number of
+per-task parameter sets at once under ``vmap``.
+
+Normalisation is ``GroupNorm``: it normalises each sample on its own, so a query's prediction
+never depends on the other queries in a request (BatchNorm's batch statistics would).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+ARCHITECTURES = ("conv4", "mlp")
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Everything needed to rebuild a body; serialised into the checkpoint card."""
+
+    kind: str = "conv4"
+    # conv4
+    in_channels: int = 1
+    image_size: int = 28
+    filters: int = 64
+    blocks: int = 4
+    norm_groups: int = 8
+    # mlp
+    in_features: int = 1
+    hidden: tuple[int, ...] = (40, 40)
+    out_features: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARCHITECTURES:
+            raise ValueError(f"architecture kind {self.kind!r} is not one of {ARCHITECTURES}")
+        if self.kind == "conv4" and self.norm_groups and self.filters % self.norm_groups:
+            raise ValueError(f"filters={self.filters} is not divisible by {self.norm_groups=}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hidden"] = list(self.hidden)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown architecture fields {sorted(unknown)}")
+        values = dict(data)
+        if "hidden" in values:
+            values["hidden"] = tuple(int(h) for h in values["hidden"])
+        return cls(**values)
+
+    @property
+    def is_image_model(self) -> bool:
+        return self.kind == "conv4"
+
+
+def _conv_block(in_channels: int, filters: int, norm_groups: int) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, filters, kernel_size=3, padding=1)]
+    if norm_groups:
+        layers.append(nn.GroupNorm(norm_groups, filters))
+    layers += [nn.ReLU(), nn.MaxPool2d(2)]
+    return layers
+
+
+def build_body(config: ArchConfig) -> nn.Sequential:
+    """The feature extractor (conv4) or the whole regressor (mlp)."""
+    if config.kind == "conv4":
+        layers: list[nn.Module] = []
+        channels = config.in_channels
+        for _ in range(config.blocks):
+            layers += _conv_block(channels, config.filters, config.norm_groups)
+            channels = config.filters
+        layers.append(nn.Flatten())
+        return nn.Sequential(*layers)
+    widths = [config.in_features, *config.hidden]
+    mlp: list[nn.Module] = []
+    for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+        mlp += [nn.Linear(width_in, width_out), nn.ReLU()]
+    mlp.append(nn.Linear(widths[-1], config.out_features))
+    return nn.Sequential(*mlp)
+
+
+def feature_dim(config: ArchConfig, body: nn.Module) -> int:
+    """Width of the body's output, found by a dry run so any image size works."""
+    if config.kind == "mlp":
+        return config.out_features
+    with torch.no_grad():
+        probe = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
+        return int(body(probe).shape[-1])
+
+
+def body_parameters(body: nn.Module, prefix: str = "body.") -> dict[str, torch.Tensor]:
+    """Freshly initialised parameters of a body, keyed as they are stored in checkpoints."""
+    return {prefix + name: p.detach().clone() for name, p in body.named_parameters()}
