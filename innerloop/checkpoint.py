@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
@@ -107,7 +107,7 @@ def load_checkpoint(path: str | Path) -> tuple[Learner, dict[str, Any]]:
     card = _parse_card(path, blob)
     try:
         tensors = load_bytes(blob)
-    except (SafetensorsError, ValueError, RuntimeError) as error:
+    except (SafetensorError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: tensor data is corrupt or truncated ({error})") from error
     return _learner_from(path, card, tensors), card
 
