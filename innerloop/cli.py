@@ -2,7 +2,7 @@
 
 Each subcommand's options and behaviour live next to the code they drive (training in
 ``innerloop_training.cli_*``, serving in ``innerloop_server.cli_*``); this module only wires
-them together.
+them together, importing only the chosen subcommand so ``innerloop models --url`` stays light.
 """
 
 from __future__ import annotations
@@ -22,17 +22,21 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``selected`` subcommand's module is imported and given options."""
     parser = argparse.ArgumentParser(
         prog="innerloop",
         description="Few-shot adaptation: meta-train starting points, then adapt them per request.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if name != selected:
+            commands.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(module_name)
         sub = commands.add_parser(
             name, help=help_text, description=(module.__doc__ or help_text).strip(),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
@@ -40,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(selected if selected in SUBCOMMANDS else None).parse_args(argv)
     result: int = args.run(args)
     return result
 

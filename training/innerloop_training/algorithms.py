@@ -1,0 +1,174 @@
+"""Meta-learners: how one meta-batch of tasks updates the learner's starting point.
+
+All of them adapt through :func:`innerloop.adaptation.adapt_and_predict` / :func:`adapt`, the same
+functions the server calls; they differ only in what flows back to the meta-parameters:
+
+- ``maml``: second order, the query loss is differentiated through every inner step;
+- ``fomaml``: inner gradients are detached, so only first-order terms reach the init;
+- ``metasgd``: MAML whose per-parameter step sizes are meta-parameters too;
+- ``reptile``: no query loss at all; the init moves towards the mean adapted parameters.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from innerloop.adaptation import InnerLoop, Params, adapt, adapt_and_predict
+from innerloop.learner import Learner
+from innerloop_training.tasks import TaskBatch
+
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+
+
+@dataclass(frozen=True)
+class OuterConfig:
+    """The outer (meta) optimiser."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    grad_clip: float | None = 10.0
+
+    def build(self, tensors: list[Tensor]) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(tensors, lr=self.lr)
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(tensors, lr=self.lr)
+        raise ValueError(f"outer optimizer {self.optimizer!r} is not one of ('adam', 'sgd')")
+
+
+def query_metrics(learner: Learner, outputs: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean query loss over all tasks, and accuracy (classification) or MSE (regression)."""
+    flat_out, flat_y = outputs.flatten(0, 1), query_y.flatten(0, 1)
+    loss = learner.loss(flat_out, flat_y, torch.ones(flat_y.shape[0], device=flat_y.device))
+    if learner.task == "classification":
+        score = (flat_out.argmax(-1) == flat_y).float().mean()
+    else:
+        score = loss.detach()
+    return loss, score
+
+
+class MetaAlgorithm(ABC):
+    """Owns the outer optimiser over the learner's meta-parameters (and learned step sizes)."""
+
+    name: str = ""
+
+    def __init__(self, learner: Learner, loop: InnerLoop, outer: OuterConfig) -> None:
+        self.learner = learner
+        self.loop = loop
+        self.outer = outer
+        for tensor in self.meta_tensors().values():
+            tensor.requires_grad_(True)
+        self.optimizer = outer.build(list(self.meta_tensors().values()))
+
+    def meta_tensors(self) -> dict[str, Tensor]:
+        """Everything the outer optimiser updates, keyed for resumable optimiser state."""
+        return {f"param/{k}": v for k, v in self.learner.params.items()}
+
+    @abstractmethod
+    def step(self, batch: TaskBatch) -> dict[str, float]:
+        """One outer update from a meta-batch; returns metrics for the log."""
+
+    def _apply(self) -> float:
+        tensors = list(self.meta_tensors().values())
+        norm = float("nan")
+        if self.outer.grad_clip:
+            norm = float(torch.nn.utils.clip_grad_norm_(tensors, self.outer.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+
+class GradientMetaLearner(MetaAlgorithm):
+    """MAML, first-order MAML and Meta-SGD: back-propagate the query loss into the init."""
+
+    def __init__(self, name: str, learner: Learner, loop: InnerLoop, outer: OuterConfig) -> None:
+        self.name = name
+        super().__init__(learner, loop, outer)
+
+    def meta_tensors(self) -> dict[str, Tensor]:
+        tensors = super().meta_tensors()
+        if self.name == "metasgd":
+            tensors.update({f"step_size/{k}": v for k, v in self.learner.step_sizes.items()})
+        return tensors
+
+    def step(self, batch: TaskBatch) -> dict[str, float]:
+        predictions = adapt_and_predict(
+            self.learner, self.learner.params, self.learner.step_sizes, batch.support_x,
+            batch.support_y, batch.support_weight, batch.class_mask, batch.query_x, self.loop,
+        )
+        loss, score = query_metrics(self.learner, predictions.outputs, batch.query_y)
+        loss.backward()
+        grad_norm = self._apply()
+        metrics = {
+            "query_loss": float(loss.detach()),
+            "support_loss_before": float(predictions.loss_before.detach().mean()),
+            "support_loss_after": float(predictions.loss_after.detach().mean()),
+            "grad_norm": grad_norm,
+        }
+        metrics["query_accuracy" if self.learner.task == "classification" else "query_mse"] = float(
+            score
+        )
+        return metrics
+
+
+class Reptile(MetaAlgorithm):
+    """Nichol et al. 2018, batched: init += outer_lr * mean over tasks of (adapted - init).
+
+    Reptile has no support/query distinction, so each task adapts on both together. The
+    difference ``init - mean(adapted)`` is handed to the outer optimiser as the gradient,
+    which with plain SGD is exactly the Reptile update.
+    """
+
+    name = "reptile"
+
+    def step(self, batch: TaskBatch) -> dict[str, float]:
+        learner = self.learner
+        x = torch.cat([batch.support_x, batch.query_x], dim=1)
+        y = torch.cat([batch.support_y, batch.query_y], dim=1)
+        weight = torch.cat([batch.support_weight, torch.ones_like(batch.query_y, dtype=torch.float)],
+                           dim=1)
+        with torch.no_grad():
+            adapted, before, after = reptile_adapted_params(learner, learner.params,
+                                                            learner.step_sizes, x, y, weight,
+                                                            batch.class_mask, self.loop)
+            for name, tensor in learner.params.items():
+                target = adapted[name]
+                # a "zero" head is copied per way: its target is the mean over tasks and ways
+                target = target.reshape(-1, *tensor.shape).mean(0)
+                tensor.grad = tensor.detach() - target
+        grad_norm = self._apply()
+        return {"support_loss_before": float(before.mean()),
+                "support_loss_after": float(after.mean()), "grad_norm": grad_norm}
+
+
+def reptile_adapted_params(
+    learner: Learner, params: Params, step_sizes: Params, x: Tensor, y: Tensor, weight: Tensor,
+    class_mask: Tensor, loop: InnerLoop,
+) -> tuple[Params, Tensor, Tensor]:
+    """Adapted parameters of every task (leading task dim), with support losses."""
+
+    def one_task(sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor) -> tuple[Params, Tensor, Tensor]:
+        result = adapt(learner, params, step_sizes, sx, sy, sw, cm, loop)
+        return result.params, result.loss_before, result.loss_after
+
+    adapted, before, after = vmap(one_task)(x, y, weight, class_mask)
+    return adapted, before, after
+
+
+def build_algorithm(name: str, learner: Learner, inner: InnerLoop, outer: OuterConfig
+                    ) -> MetaAlgorithm:
+    """The meta-learner for ``name``; ``inner.first_order`` is set to what the method needs."""
+    if name == "maml":
+        return GradientMetaLearner(name, learner, replace(inner, first_order=False), outer)
+    if name == "metasgd":  # second order unless the caller asked for first-order Meta-SGD
+        return GradientMetaLearner(name, learner, inner, outer)
+    if name == "fomaml":
+        return GradientMetaLearner(name, learner, replace(inner, first_order=True), outer)
+    if name == "reptile":
+        return Reptile(learner, replace(inner, first_order=True), outer)
+    raise ValueError(f"algorithm {name!r} is not one of {ALGORITHMS}")

@@ -1,0 +1,103 @@
+"""Evaluate a checkpoint on fixed, seeded episodes of a held-out split.
+
+Prints mean accuracy (classification) or MSE (regression) with a 95% confidence interval. The
+episodes depend only on --dataset, --split, --ways, --shots, --queries, --episodes and --seed,
+so every checkpoint and every method is compared on the same tasks. Adaptation goes through
+the same call the server makes, so this is the accuracy users get over HTTP.
+
+Example: innerloop evaluate checkpoints/omniglot.safetensors --dataset omniglot --ways 20 \\
+         --shots 1 --episodes 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from innerloop.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from innerloop_training.data.registry import DATASETS, OMNIGLOT_SPLIT_SCHEMES
+from innerloop_training.evaluation import evaluate_learner
+from innerloop_training.sources import build_source
+
+EVAL_SEED = 2024
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("checkpoint", help="a .safetensors checkpoint written by innerloop train")
+    add("--dataset", choices=DATASETS, default=None,
+        help="task source (default: the dataset the checkpoint was trained on)")
+    add("--split", choices=("test", "val", "train"), default="test",
+        help="class split to draw episodes from (Omniglot test = images_evaluation)")
+    add("--data-root", default=None, help="data folder (default: $INNERLOOP_DATA or ../shared/data)")
+    add("--path", default=None, help="for --dataset folder: a folder of class folders")
+    add("--split-scheme", choices=OMNIGLOT_SPLIT_SCHEMES, default=None,
+        help="Omniglot class split (default: the checkpoint's)")
+    add("--split-seed", type=int, default=None, help="class split seed (default: the checkpoint's)")
+    add("--ways", type=int, default=5, help="classes per episode (N)")
+    add("--shots", type=int, default=1, help="support examples per class (K) or support points")
+    add("--queries", type=int, default=None,
+        help="queries per class (default 15; regression: 100 query points)")
+    add("--unbalanced", action="store_true", help="episodes with 1..K shots per class")
+    add("--episodes", type=int, default=600, help="number of fixed episodes")
+    add("--seed", type=int, default=EVAL_SEED, help="seed of the fixed episodes")
+    add("--steps", type=int, default=None, help="inner steps (default: the checkpoint's)")
+    add("--lr", type=float, default=None, help="inner step size (default: the checkpoint's)")
+    add("--chunk", type=int, default=25, help="episodes adapted together in one vmapped call")
+    add("--json", action="store_true", help="print one JSON object instead of a sentence")
+    add("--record", action="store_true",
+        help="also store the result in the checkpoint card's evaluation section")
+    add("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        learner, card = load_checkpoint(args.checkpoint)
+    except CheckpointError as error:
+        print(f"innerloop evaluate: {error}")
+        return 2
+    trained = card.get("training", {}).get("config", {})
+    dataset = args.dataset or trained.get("dataset")
+    if dataset is None:
+        print("innerloop evaluate: the checkpoint does not say its dataset; pass --dataset")
+        return 2
+    regression = learner.task == "regression"
+    queries = args.queries if args.queries is not None else (100 if regression else 15)
+    try:
+        source = build_source(
+            dataset, args.split, ways=args.ways, shots=args.shots, queries=queries,
+            seed=args.seed, data_root=args.data_root, path=args.path,
+            image_size=learner.arch.image_size, unbalanced=args.unbalanced,
+            split_scheme=args.split_scheme or trained.get("split_scheme", "alphabets"),
+            split_seed=args.split_seed if args.split_seed is not None
+            else trained.get("split_seed", 0),
+        )
+        batches = source.fixed(args.episodes, seed=args.seed, chunk=args.chunk)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"innerloop evaluate: {error}")
+        return 2
+    started = time.monotonic()
+    result = evaluate_learner(learner, batches, steps=args.steps, lr=args.lr,
+                              progress=not args.json)
+    result.settings = {
+        "dataset": dataset, "split": args.split, "ways": None if regression else args.ways,
+        "shots": args.shots, "queries": queries, "unbalanced": args.unbalanced,
+        "seed": args.seed, "steps": args.steps if args.steps is not None else learner.inner.steps,
+        "lr": args.lr if args.lr is not None else learner.inner.lr,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        what = "regression" if regression else f"{args.ways}-way {args.shots}-shot"
+        print(f"{card['name']} on {dataset} {args.split}, {what}: {result.summary()}")
+    if args.record:
+        key = "regression" if regression else f"{args.ways}way{args.shots}shot"
+        card.setdefault("evaluation", {})[f"{dataset}/{args.split}/{key}"] = result.to_dict()
+        save_checkpoint(learner, args.checkpoint, card)
+    return 0

@@ -1,0 +1,228 @@
+"""The meta-training loop: sample, step, log, validate, checkpoint, resume.
+
+Long CPU runs are the norm here, so the loop is built to be interrupted: it writes a resumable
+state (learner + outer optimiser) every ``checkpoint_every`` steps and on ``--max-minutes``, and
+``--resume`` continues from it with a deterministic, step-dependent task stream.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from innerloop.adaptation import InnerLoop
+from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
+from innerloop.learner import InnerDefaults, Learner
+from innerloop.models import ArchConfig
+from innerloop_training.algorithms import OuterConfig, build_algorithm
+from innerloop_training.evaluation import EvaluationResult, evaluate_learner
+from innerloop_training.sources import TaskSource, build_source
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; stored verbatim in the checkpoint card."""
+
+    algorithm: str = "maml"
+    dataset: str = "omniglot"
+    data_root: str | None = None
+    path: str | None = None
+    split_scheme: str = "alphabets"
+    split_seed: int = 0
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    unbalanced: bool = False
+    rotations: bool = True
+    image_size: int = 28
+    filters: int = 64
+    head: str = "proto"
+    max_ways: int = 50
+    inner_steps: int = 5
+    inner_lr: float = 0.1
+    inner_optimizer: str = "sgd"
+    first_order: bool = False
+    first_order_warmup: int = 0
+    meta_batch: int = 16
+    meta_steps: int = 1000
+    outer_optimizer: str = "adam"
+    outer_lr: float = 1e-3
+    seed: int = 0
+    eval_every: int = 200
+    eval_episodes: int = 100
+    checkpoint_every: int = 200
+    max_minutes: float | None = None
+    out: str = "checkpoints/model.safetensors"
+    run_dir: str | None = None
+    resume: bool = False
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+    @property
+    def name(self) -> str:
+        return Path(self.out).stem
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    @property
+    def is_regression(self) -> bool:
+        return self.dataset in ("sine", "logistic")
+
+
+def build_learner(config: TrainConfig) -> Learner:
+    if config.is_regression:
+        arch = ArchConfig(kind="mlp")
+    else:
+        arch = ArchConfig(kind="conv4", image_size=config.image_size, filters=config.filters)
+    inner = InnerDefaults(config.inner_steps, config.inner_lr, config.inner_optimizer)
+    return Learner.create(arch, config.head, inner, learn_step_sizes=config.algorithm == "metasgd",
+                          max_ways=config.max_ways, seed=config.seed)
+
+
+def build_sources(config: TrainConfig) -> tuple[TaskSource, TaskSource]:
+    """Training source (rotations as extra classes) and validation source (no rotations)."""
+    common: dict[str, Any] = dict(
+        ways=config.ways, shots=config.shots, queries=config.queries, data_root=config.data_root,
+        path=config.path, image_size=config.image_size, split_scheme=config.split_scheme,
+        split_seed=config.split_seed,
+    )
+    train = build_source(config.dataset, "train", seed=config.seed, rotations=config.rotations,
+                         unbalanced=config.unbalanced, **common)
+    val = build_source(config.dataset, "val", seed=config.seed + 1, **common)
+    return train, val
+
+
+class Trainer:
+    """Runs one :class:`TrainConfig` to a checkpoint, with logs and plots in ``run_path``."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.run_path = config.run_path
+        self.run_path.mkdir(parents=True, exist_ok=True)
+        self.resume_path = self.run_path / "resume.safetensors"
+        self.learner = build_learner(config)
+        self.start_step = 0
+        self.seconds_before = 0.0
+        if config.resume and self.resume_path.exists():
+            self._load_resume()
+        loop = InnerLoop(config.inner_steps, config.inner_optimizer, config.first_order)
+        self.algorithm = build_algorithm(config.algorithm, self.learner, loop,
+                                         OuterConfig(config.outer_optimizer, config.outer_lr))
+        if config.resume and self.resume_path.exists():
+            self._load_optimizer_state()
+        self.train_source, self.val_source = build_sources(config)
+        if self.start_step:  # a fresh, deterministic task stream for the resumed segment
+            self.train_source = build_sources(
+                TrainConfig(**{**asdict(config), "seed": config.seed + 7919 * self.start_step})
+            )[0]
+        self.val_batches = self.val_source.fixed(config.eval_episodes, seed=config.seed + 10_000)
+        self.log_path = self.run_path / "metrics.jsonl"
+
+    def run(self) -> Path:
+        config = self.config
+        started = time.monotonic()
+        deadline = started + 60 * config.max_minutes if config.max_minutes else None
+        second_order_loop = self.algorithm.loop
+        bar = tqdm(range(self.start_step, config.meta_steps), initial=self.start_step,
+                   total=config.meta_steps, desc=f"{config.algorithm} {config.dataset}",
+                   unit="step", dynamic_ncols=True)
+        step = self.start_step
+        with self.log_path.open("a") as log:
+            for step in bar:
+                warm = step < config.first_order_warmup
+                self.algorithm.loop = (InnerLoop(second_order_loop.steps, second_order_loop.optimizer,
+                                                 True) if warm else second_order_loop)
+                metrics = self.algorithm.step(self.train_source.sample(config.meta_batch))
+                record: dict[str, Any] = {"step": step + 1, **metrics,
+                                          "seconds": self._seconds(started)}
+                if (step + 1) % config.eval_every == 0 or step + 1 == config.meta_steps:
+                    result = self.validate()
+                    record[f"val_{result.metric}"] = result.mean
+                    record["val_ci95"] = result.ci95
+                bar.set_postfix(refresh=False, ordered_dict={k: f"{v:.3f}" for k, v in record.items()
+                                 if k in ("query_loss", "query_accuracy", "query_mse",
+                                          "support_loss_after", "val_accuracy", "val_mse")})
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if (step + 1) % config.checkpoint_every == 0:
+                    self._save_resume(step + 1, started)
+                if deadline is not None and time.monotonic() > deadline:
+                    bar.write(f"--max-minutes reached at step {step + 1}; saving")
+                    break
+        bar.close()
+        done = step + 1
+        self._save_resume(done, started)
+        return self._save_final(done, started)
+
+    def validate(self) -> EvaluationResult:
+        return evaluate_learner(self.learner, self.val_batches)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _seconds(self, started: float) -> float:
+        return self.seconds_before + time.monotonic() - started
+
+    def _card(self, steps_done: int, started: float, validation: EvaluationResult
+              ) -> dict[str, Any]:
+        training = {
+            "algorithm": self.config.algorithm,
+            "config": asdict(self.config),
+            "command": shlex.join(self.config.command),
+            "seed": self.config.seed,
+            "meta_steps_done": steps_done,
+            "seconds": round(self._seconds(started), 1),
+            "hardware": f"{platform.machine()} {platform.processor() or ''} "
+                        f"torch {torch.__version__}, {torch.get_num_threads()} threads".strip(),
+            "data": self.train_source.describe(),
+        }
+        evaluation = {"validation": validation.to_dict()}
+        return build_card(self.learner, self.config.name,
+                          {"training": training, "evaluation": evaluation})
+
+    def _save_resume(self, steps_done: int, started: float) -> None:
+        card = build_card(self.learner, self.config.name, {"training": {
+            "resume_step": steps_done, "seconds": self._seconds(started)}})
+        save_checkpoint(self.learner, self.resume_path, card)
+        state = self.algorithm.optimizer.state_dict()
+        tensors: dict[str, torch.Tensor] = {}
+        for index, slots in state["state"].items():
+            for key, value in slots.items():
+                tensors[f"{index}/{key}"] = torch.as_tensor(value).detach().clone()
+        save_file(tensors, str(self.run_path / "resume.optimizer.safetensors"),
+                  metadata={"param_groups": json.dumps(state["param_groups"])})
+
+    def _load_resume(self) -> None:
+        learner, card = load_checkpoint(self.resume_path)
+        self.learner.params = learner.params
+        self.learner.step_sizes = learner.step_sizes
+        self.start_step = int(card["training"]["resume_step"])
+        self.seconds_before = float(card["training"]["seconds"])
+
+    def _load_optimizer_state(self) -> None:
+        path = self.run_path / "resume.optimizer.safetensors"
+        if not path.exists():
+            return
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            groups = json.loads(handle.metadata()["param_groups"])
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            index, slot = key.split("/", 1)
+            state.setdefault(int(index), {})[slot] = value
+        self.algorithm.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+    def _save_final(self, steps_done: int, started: float) -> Path:
+        card = self._card(steps_done, started, self.validate())
+        return save_checkpoint(self.learner, self.config.out, card)
