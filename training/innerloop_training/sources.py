@@ -52,7 +52,8 @@ class ImageTaskSource:
         return task_batch(self._sampler.sample(tasks))
 
     def fixed(self, tasks: int, seed: int, chunk: int = 50) -> list[TaskBatch]:
-        episodes = fixed_episodes(self.data, self.ways, self.shots, self.queries, tasks, seed)
+        episodes = fixed_episodes(self.data, self.ways, self.shots, self.queries, tasks, seed,
+                                  unbalanced=self.unbalanced)
         return [part for batch in episodes for part in task_batch(batch).chunks(chunk)]
 
     def describe(self) -> dict[str, object]:

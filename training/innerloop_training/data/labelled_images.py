@@ -15,6 +15,42 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ROTATION_ANGLES: tuple[int, ...] = (90, 180, 270)
+SPLITS: tuple[str, str, str] = ("train", "val", "test")
+DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
+
+def split_names(
+    names: Iterable[str],
+    seed: int,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    force_train: Iterable[str] = (),
+) -> dict[str, list[str]]:
+    """Deterministic train/val/test split of class names.
+
+    Names are de-duplicated and sorted first, so the split depends only on the set of names and
+    the seed, never on file or directory order. Val and test sizes are
+    ``round(fraction * total)``; ``force_train`` names go to train and val/test are drawn from
+    the rest, so forcing does not shrink val/test. Each returned list is sorted.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+    ordered = sorted(set(names))
+    forced = set(force_train)
+    unknown = sorted(forced - set(ordered))
+    if unknown:
+        raise ValueError(f"force_train names not in the name list: {unknown[:5]}")
+    n_val = round(fractions[1] * len(ordered))
+    n_test = round(fractions[2] * len(ordered))
+    free = [n for n in ordered if n not in forced]
+    if n_val + n_test > len(free):
+        raise ValueError(
+            f"{len(forced)} forced train names leave {len(free)} for val+test "
+            f"({n_val}+{n_test} needed)"
+        )
+    order = [free[i] for i in np.random.default_rng(seed).permutation(len(free))]
+    val, test = order[:n_val], order[n_val : n_val + n_test]
+    train = order[n_val + n_test :] + sorted(forced)
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
 @dataclass
@@ -113,7 +149,9 @@ class LabelledImages:
         """Join datasets class-wise (class names must stay unique)."""
         names = [n for p in parts for n in p.class_names]
         images = [a for p in parts for a in p.images]
-        src = source if source is not None else {"parts": [p.source for p in parts]}
+        src: dict[str, object] = (
+            source if source is not None else {"parts": [p.source for p in parts]}
+        )
         return LabelledImages(names, images, src)
 
     def __repr__(self) -> str:

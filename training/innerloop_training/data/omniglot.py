@@ -16,11 +16,7 @@ id (``XXXX`` in the PNG names), images within a class by drawer (``YY``).
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shutil
-import tempfile
-import urllib.request
 import zipfile
 from io import BytesIO
 from pathlib import Path, PurePosixPath
@@ -29,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from innerloop.preprocessing import prepare_image
+from innerloop_training.data.download import ChecksumError, download_file, verify_checksum
 from innerloop_training.data.labelled_images import LabelledImages
 
 # Lake's global character ids per alphabet: (first id, last id, set, alphabet folder name).
@@ -188,9 +185,7 @@ def load_omniglot(root: Path | str, background: bool, size: int = 28) -> Labelle
     """
     root = Path(root)
     stem = _set_name(background)
-    if root.is_file():
-        candidates = [root]
-    elif root.name == stem and root.is_dir():
+    if root.is_file() or (root.name == stem and root.is_dir()):
         candidates = [root]
     else:
         candidates = [root / f"{stem}.npz", root / f"{stem}.zip", root / stem]
@@ -220,7 +215,9 @@ def load_omniglot_npz(
     if background is None:
         background = images.shape[0] == NUM_BACKGROUND_CHARACTERS
     first_id = 1 if background else NUM_BACKGROUND_CHARACTERS + 1
-    expected = NUM_BACKGROUND_CHARACTERS if background else NUM_CHARACTERS - NUM_BACKGROUND_CHARACTERS
+    expected = (
+        NUM_BACKGROUND_CHARACTERS if background else NUM_CHARACTERS - NUM_BACKGROUND_CHARACTERS
+    )
     if images.shape[0] != expected:
         raise ValueError(
             f"{path}: {images.shape[0]} characters, expected {expected} for {_set_name(background)}"
@@ -285,58 +282,14 @@ def load_omniglot_folder(path: Path | str, size: int = 28) -> LabelledImages:
         for name in order
     ]
     return LabelledImages(
-        order, arrays, {"dataset": "omniglot", "set": path.name, "format": "folder", "path": str(path)}
+        order,
+        arrays,
+        {"dataset": "omniglot", "set": path.name, "format": "folder", "path": str(path)},
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # Download
-
-
-class ChecksumError(ValueError):
-    """A file's digest does not match the published one (corrupt or different download)."""
-
-
-def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in chunks (the zips are ~10 MB; Quick Draw files ~100 MB)."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_checksum(
-    path: Path | str, *, md5: str | None = None, sha256: str | None = None
-) -> None:
-    """Raise :class:`ChecksumError` naming the file and both digests if any given digest differs."""
-    if md5 is None and sha256 is None:
-        raise ValueError("verify_checksum needs md5 and/or sha256")
-    for algorithm, expected in (("md5", md5), ("sha256", sha256)):
-        if expected is None:
-            continue
-        actual = file_digest(path, algorithm)
-        if actual.lower() != expected.lower():
-            raise ChecksumError(
-                f"{path}: {algorithm} is {actual}, expected {expected}. The file is corrupt or "
-                "not the published one; delete it and download again."
-            )
-
-
-def download_file(url: str, dest: Path, timeout: float = 60.0) -> Path:
-    """Stream ``url`` to ``dest`` via a temp file, so a failed download never leaves a partial."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                shutil.copyfileobj(response, tmp)
-        except BaseException:
-            tmp.close()
-            tmp_path.unlink(missing_ok=True)
-            raise
-    tmp_path.replace(dest)
-    return dest
 
 
 def download_omniglot(
