@@ -130,8 +130,8 @@ class Reptile(MetaAlgorithm):
         learner = self.learner
         x = torch.cat([batch.support_x, batch.query_x], dim=1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1)
-        weight = torch.cat([batch.support_weight, torch.ones_like(batch.query_y, dtype=torch.float)],
-                           dim=1)
+        query_weight = torch.ones(batch.query_x.shape[:2], dtype=batch.support_weight.dtype)
+        weight = torch.cat([batch.support_weight, query_weight], dim=1)
         with torch.no_grad():
             adapted, before, after = reptile_adapted_params(learner, learner.params,
                                                             learner.step_sizes, x, y, weight,
