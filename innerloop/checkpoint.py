@@ -158,9 +158,10 @@ def _learner_from(path: Path, card: dict[str, Any], tensors: dict[str, torch.Ten
     expected_frozen = {k: v for k, v in expected.step_sizes.items() if k not in frozen}
     _check_shapes(path, "parameter", params, expected.params)
     _check_shapes(path, "step size", steps, expected_frozen)
-    for name, value in {**params, **steps}.items():
-        if not torch.isfinite(value).all():
-            raise CheckpointError(f"{path}: tensor {name!r} contains NaN or infinity")
+    for prefix, group in ((PARAM_PREFIX, params), (STEP_PREFIX, steps)):
+        for name, value in group.items():
+            if not torch.isfinite(value).all():
+                raise CheckpointError(f"{path}: tensor {prefix}{name} contains NaN or infinity")
     learner.params = params
     learner.step_sizes = steps
     return learner
