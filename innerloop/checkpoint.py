@@ -162,8 +162,9 @@ def _learner_from(path: Path, card: dict[str, Any], tensors: dict[str, torch.Ten
         for name, value in group.items():
             if not torch.isfinite(value).all():
                 raise CheckpointError(f"{path}: tensor {prefix}{name} contains NaN or infinity")
-    learner.params = params
-    learner.step_sizes = steps
+    # the architecture's order, not the file's: optimiser state and logs rely on a stable order
+    learner.params = {k: params[k] for k in expected.params}
+    learner.step_sizes = {k: steps[k] for k in expected_frozen}
     return learner
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("innerloop_training.cli_train", "meta-train a learner and write a checkpoint"),
     "evaluate": ("innerloop_training.cli_evaluate",
-                 "evaluate a checkpoint on fixed, seeded episodes (accuracy or MSE, 95% CI)"),
+                 "evaluate a checkpoint on fixed, seeded episodes (accuracy or MSE, 95%% CI)"),
     "serve": ("innerloop_server.cli_serve", "serve checkpoints over HTTP"),
     "models": ("innerloop_server.cli_models", "list model cards of a folder or a running server"),
 }
