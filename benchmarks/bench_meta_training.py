@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from innerloop_training.tasks import TaskBatch
 
 from innerloop.adaptation import InnerLoop, adapt, adapt_and_predict
 from innerloop.learner import InnerDefaults, Learner
 from innerloop.models import ArchConfig
-from innerloop_training.tasks import TaskBatch
 
 
 def synthetic_batch(tasks: int, ways: int, shots: int, queries: int, seed: int) -> TaskBatch:
@@ -40,9 +40,18 @@ def synthetic_batch(tasks: int, ways: int, shots: int, queries: int, seed: int) 
 
 
 def vmapped_step(learner: Learner, batch: TaskBatch, loop: InnerLoop) -> None:
-    out = adapt_and_predict(learner, learner.params, learner.step_sizes, batch.support_x,
-                            batch.support_y, batch.support_weight, batch.class_mask,
-                            batch.query_x, loop, batching="vmap").outputs
+    out = adapt_and_predict(
+        learner,
+        learner.params,
+        learner.step_sizes,
+        batch.support_x,
+        batch.support_y,
+        batch.support_weight,
+        batch.class_mask,
+        batch.query_x,
+        loop,
+        batching="vmap",
+    ).outputs
     loss = torch.nn.functional.cross_entropy(out.flatten(0, 1), batch.query_y.flatten())
     loss.backward()
 
@@ -50,8 +59,16 @@ def vmapped_step(learner: Learner, batch: TaskBatch, loop: InnerLoop) -> None:
 def looped_step(learner: Learner, batch: TaskBatch, loop: InnerLoop) -> None:
     total = torch.zeros(())
     for t in range(batch.tasks):
-        adapted = adapt(learner, learner.params, learner.step_sizes, batch.support_x[t],
-                        batch.support_y[t], batch.support_weight[t], batch.class_mask[t], loop)
+        adapted = adapt(
+            learner,
+            learner.params,
+            learner.step_sizes,
+            batch.support_x[t],
+            batch.support_y[t],
+            batch.support_weight[t],
+            batch.class_mask[t],
+            loop,
+        )
         out = learner.forward(adapted.params, batch.query_x[t], batch.class_mask[t])
         total = total + torch.nn.functional.cross_entropy(out, batch.query_y[t])
     (total / batch.tasks).backward()
@@ -68,8 +85,9 @@ def time_it(step: Callable[[], None], repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--queries", type=int, default=15)
@@ -87,8 +105,10 @@ def main() -> None:
     loop = InnerLoop(args.steps, first_order=args.first_order)
     batch = synthetic_batch(args.meta_batch, args.ways, args.shots, args.queries, seed=0)
     order = "first" if args.first_order else "second"
-    print(f"{args.ways}-way {args.shots}-shot, {args.queries} queries/class, {args.steps} inner "
-          f"steps, {order} order, meta-batch {args.meta_batch}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.ways}-way {args.shots}-shot, {args.queries} queries/class, {args.steps} inner "
+        f"steps, {order} order, meta-batch {args.meta_batch}, {torch.get_num_threads()} threads"
+    )
     results = {}
     for name, step in (("vmapped (ours)", vmapped_step), ("per-task loop", looped_step)):
         seconds = time_it(lambda step=step: step(learner, batch, loop), args.repeats)
@@ -98,7 +118,10 @@ def main() -> None:
     print(f"{'method':<16}{'tasks/s':>10}")
     for name, rate in results.items():
         print(f"{name:<16}{rate:>10.2f}")
-    print(f"speed-up of vmap over the loop: {results['vmapped (ours)'] / results['per-task loop']:.2f}x")
+    print(
+        "speed-up of vmap over the loop: "
+        f"{results['vmapped (ours)'] / results['per-task loop']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

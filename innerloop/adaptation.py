@@ -47,10 +47,14 @@ class InnerLoop:
 
 
 class AdaptableModel(Protocol):
-    """What the inner loop needs from a model (implemented by :class:`innerloop.learner.Learner`)."""
+    """What the inner loop needs from a model (:class:`innerloop.learner.Learner` has it)."""
 
     def task_parameters(
-        self, meta_params: Params, support_x: Tensor, support_y: Tensor, support_weight: Tensor,
+        self,
+        meta_params: Params,
+        support_x: Tensor,
+        support_y: Tensor,
+        support_weight: Tensor,
         class_mask: Tensor,
     ) -> Params:
         """Per-task starting parameters (e.g. the meta-learned init plus a prototype head)."""
@@ -102,8 +106,10 @@ def adapt(
 
     moments: tuple[Params, Params] | None = None
     if loop.optimizer == "adam":
-        moments = ({k: torch.zeros_like(v) for k, v in fast.items()},
-                   {k: torch.zeros_like(v) for k, v in fast.items()})
+        moments = (
+            {k: torch.zeros_like(v) for k, v in fast.items()},
+            {k: torch.zeros_like(v) for k, v in fast.items()},
+        )
     loss_before: Tensor | None = None
     for step in range(loop.steps):
         grads, loss = grad_and_value(support_loss)(fast)
@@ -115,8 +121,9 @@ def adapt(
             trajectory(step, fast, grads, loss)
         fast = _update(fast, grads, step_sizes, loop, moments, step + 1)
     loss_after = support_loss(fast)
-    return Adapted({**fixed, **fast}, loss_after if loss_before is None else loss_before,
-                   loss_after)
+    return Adapted(
+        {**fixed, **fast}, loss_after if loss_before is None else loss_before, loss_after
+    )
 
 
 def _update(

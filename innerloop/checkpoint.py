@@ -41,8 +41,11 @@ def build_card(learner: Learner, name: str, extra: dict[str, Any] | None = None)
         spec = ImageSpec(size=learner.arch.image_size, channels=learner.arch.in_channels)
         input_spec: dict[str, Any] = {"kind": "image", **spec.to_dict()}
     else:
-        input_spec = {"kind": "vector", "features": learner.arch.in_features,
-                      "targets": learner.arch.out_features}
+        input_spec = {
+            "kind": "vector",
+            "features": learner.arch.in_features,
+            "targets": learner.arch.out_features,
+        }
     card: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -72,10 +75,16 @@ def save_checkpoint(learner: Learner, path: str | Path, card: dict[str, Any]) ->
     """Write atomically, so an interrupted save never leaves a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {PARAM_PREFIX + k: v.detach().to("cpu", torch.float32).contiguous()
-               for k, v in learner.params.items()}
-    tensors.update({STEP_PREFIX + k: v.detach().to("cpu", torch.float32).contiguous()
-                    for k, v in learner.step_sizes.items()})
+    tensors = {
+        PARAM_PREFIX + k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in learner.params.items()
+    }
+    tensors.update(
+        {
+            STEP_PREFIX + k: v.detach().to("cpu", torch.float32).contiguous()
+            for k, v in learner.step_sizes.items()
+        }
+    )
     blob = save_bytes(tensors, metadata={CARD_KEY: json.dumps(card, sort_keys=True)})
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -147,14 +156,16 @@ def _learner_from(path: Path, card: dict[str, Any], tensors: dict[str, torch.Ten
         arch = ArchConfig.from_dict(card["architecture"])
         inner = InnerDefaults(**card["inner_loop"])
         frozen = frozenset(card["adaptation"]["frozen"])
-        learner = Learner(arch, card["task"], card["head"], {}, {}, inner, frozen,
-                          int(card["max_ways"]))
+        learner = Learner(
+            arch, card["task"], card["head"], {}, {}, inner, frozen, int(card["max_ways"])
+        )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: model card is incomplete or invalid ({error})") from error
-    params = {k[len(PARAM_PREFIX):]: v for k, v in tensors.items() if k.startswith(PARAM_PREFIX)}
-    steps = {k[len(STEP_PREFIX):]: v for k, v in tensors.items() if k.startswith(STEP_PREFIX)}
-    expected = Learner.create(arch, learner.head, inner, _has_learned_step_sizes(steps),
-                              learner.max_ways)
+    params = {k[len(PARAM_PREFIX) :]: v for k, v in tensors.items() if k.startswith(PARAM_PREFIX)}
+    steps = {k[len(STEP_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STEP_PREFIX)}
+    expected = Learner.create(
+        arch, learner.head, inner, _has_learned_step_sizes(steps), learner.max_ways
+    )
     expected_frozen = {k: v for k, v in expected.step_sizes.items() if k not in frozen}
     _check_shapes(path, "parameter", params, expected.params)
     _check_shapes(path, "step size", steps, expected_frozen)
@@ -172,8 +183,9 @@ def _has_learned_step_sizes(steps: dict[str, torch.Tensor]) -> bool:
     return any(v.dim() > 0 for v in steps.values())
 
 
-def _check_shapes(path: Path, what: str, found: dict[str, torch.Tensor],
-                  expected: dict[str, torch.Tensor]) -> None:
+def _check_shapes(
+    path: Path, what: str, found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     if missing or extra:

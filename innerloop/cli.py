@@ -15,8 +15,10 @@ from collections.abc import Sequence
 # subcommand -> (module, help); each module defines add_arguments(parser) and run(args) -> int
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("innerloop_training.cli_train", "meta-train a learner and write a checkpoint"),
-    "evaluate": ("innerloop_training.cli_evaluate",
-                 "evaluate a checkpoint on fixed, seeded episodes (accuracy or MSE, 95%% CI)"),
+    "evaluate": (
+        "innerloop_training.cli_evaluate",
+        "evaluate a checkpoint on fixed, seeded episodes (accuracy or MSE, 95%% CI)",
+    ),
     "serve": ("innerloop_server.cli_serve", "serve checkpoints over HTTP"),
     "models": ("innerloop_server.cli_models", "list model cards of a folder or a running server"),
 }
@@ -35,7 +37,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(module_name)
         sub = commands.add_parser(
-            name, help=help_text, description=(module.__doc__ or help_text).strip(),
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(sub)

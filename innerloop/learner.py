@@ -122,12 +122,16 @@ class Learner:
 
     # ---- the AdaptableModel protocol ------------------------------------------------------
     def features(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        body = {k[len("body."):]: v for k, v in params.items() if k.startswith("body.")}
+        body = {k[len("body.") :]: v for k, v in params.items() if k.startswith("body.")}
         out: Tensor = functional_call(self.body, body, (x,))
         return out
 
     def task_parameters(
-        self, meta_params: Params, support_x: Tensor, support_y: Tensor, support_weight: Tensor,
+        self,
+        meta_params: Params,
+        support_x: Tensor,
+        support_y: Tensor,
+        support_weight: Tensor,
         class_mask: Tensor,
     ) -> Params:
         params = {k: v for k, v in meta_params.items() if not k.startswith("head.")}
@@ -184,15 +188,29 @@ class Learner:
         loop = self.inner.loop(steps, first_order=True)
         with torch.no_grad():
             return adapt_and_predict(
-                self, self.params, self.scaled_step_sizes(lr), support_x, support_y,
-                support_weight, class_mask, query_x, loop,
+                self,
+                self.params,
+                self.scaled_step_sizes(lr),
+                support_x,
+                support_y,
+                support_weight,
+                class_mask,
+                query_x,
+                loop,
             )
 
     def with_params(self, params: Params, step_sizes: Params | None = None) -> Learner:
         """A copy sharing config, with other tensors (e.g. detached for saving)."""
-        clone = Learner(self.arch, self.task, self.head, params,
-                        self.step_sizes if step_sizes is None else step_sizes,
-                        self.inner, self.frozen, self.max_ways)
+        clone = Learner(
+            self.arch,
+            self.task,
+            self.head,
+            params,
+            self.step_sizes if step_sizes is None else step_sizes,
+            self.inner,
+            self.frozen,
+            self.max_ways,
+        )
         return clone
 
     def with_inner(self, **changes: object) -> Learner:

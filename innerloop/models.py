@@ -12,6 +12,7 @@ would).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -106,7 +107,7 @@ def build_body(config: ArchConfig) -> nn.Sequential:
         return nn.Sequential(*layers)
     widths = [config.in_features, *config.hidden]
     mlp: list[nn.Module] = []
-    for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+    for width_in, width_out in pairwise(widths):
         mlp += [nn.Linear(width_in, width_out), nn.ReLU()]
     mlp.append(nn.Linear(widths[-1], config.out_features))
     return nn.Sequential(*mlp)

@@ -90,4 +90,3 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
 def images_to_tensor_array(images: np.ndarray) -> np.ndarray:
     """``uint8 [..., H, W]`` -> ``float32 [..., 1, H, W]`` in [0, 1]: the model's input."""
     return (images.astype(np.float32) / 255.0)[..., None, :, :]
-

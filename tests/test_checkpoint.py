@@ -99,8 +99,9 @@ def test_wrong_format_version_is_refused(good_file: Path) -> None:
 
 
 def test_architecture_mismatch_is_refused(good_file: Path) -> None:
-    bad = rewrite(good_file, edit_card=lambda card: card["architecture"].update(filters=8,
-                                                                                  norm_groups=2))
+    bad = rewrite(
+        good_file, edit_card=lambda card: card["architecture"].update(filters=8, norm_groups=2)
+    )
     with pytest.raises(CheckpointError, match="has shape"):
         load_checkpoint(bad)
 

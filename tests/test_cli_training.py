@@ -8,14 +8,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from innerloop_training.data.registry import default_data_root
 
 from innerloop.checkpoint import read_card
-from innerloop_training.data.registry import default_data_root
 
 
 def innerloop(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "innerloop.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "innerloop.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_help_explains_every_subcommand(tmp_path: Path) -> None:
@@ -30,16 +36,39 @@ def test_help_explains_every_subcommand(tmp_path: Path) -> None:
 
 def test_sine_train_resume_evaluate_and_record(tmp_path: Path) -> None:
     out = tmp_path / "sine.safetensors"
-    common = ["train", "--algorithm", "maml", "--dataset", "sine", "--shots", "5",
-              "--queries", "5", "--inner-steps", "1", "--inner-lr", "0.01", "--meta-batch", "4",
-              "--eval-every", "2", "--eval-episodes", "4", "--checkpoint-every", "2",
-              "--out", str(out)]
+    common = [
+        "train",
+        "--algorithm",
+        "maml",
+        "--dataset",
+        "sine",
+        "--shots",
+        "5",
+        "--queries",
+        "5",
+        "--inner-steps",
+        "1",
+        "--inner-lr",
+        "0.01",
+        "--meta-batch",
+        "4",
+        "--eval-every",
+        "2",
+        "--eval-episodes",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(out),
+    ]
     first = innerloop(*common, "--meta-steps", "4", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     resumed = innerloop(*common, "--meta-steps", "6", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    steps = [json.loads(line)["step"]
-             for line in (tmp_path / "runs/sine/metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "runs/sine/metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]
     card = read_card(out)
     assert card["training"]["meta_steps_done"] == 6
@@ -48,8 +77,9 @@ def test_sine_train_resume_evaluate_and_record(tmp_path: Path) -> None:
     assert (tmp_path / "runs/sine/training_curve.png").stat().st_size > 1000
     assert (tmp_path / "runs/sine/adaptation.png").stat().st_size > 1000
 
-    evaluated = innerloop("evaluate", str(out), "--shots", "5", "--episodes", "8", "--json",
-                          "--record", cwd=tmp_path)
+    evaluated = innerloop(
+        "evaluate", str(out), "--shots", "5", "--episodes", "8", "--json", "--record", cwd=tmp_path
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
     assert {"mse", "ci95", "episodes", "shots"} <= result.keys()
@@ -60,16 +90,48 @@ def test_sine_train_resume_evaluate_and_record(tmp_path: Path) -> None:
 @pytest.mark.skipif(default_data_root() is None, reason="shared data folder is absent")
 def test_omniglot_train_and_evaluate_on_held_out_alphabets(tmp_path: Path) -> None:
     out = tmp_path / "glyphs.safetensors"
-    trained = innerloop("train", "--algorithm", "fomaml", "--dataset", "omniglot", "--ways", "3",
-                        "--shots", "1", "--queries", "2", "--filters", "8", "--inner-steps", "1",
-                        "--meta-batch", "2", "--meta-steps", "2", "--eval-episodes", "3",
-                        "--out", str(out), cwd=tmp_path)
+    trained = innerloop(
+        "train",
+        "--algorithm",
+        "fomaml",
+        "--dataset",
+        "omniglot",
+        "--ways",
+        "3",
+        "--shots",
+        "1",
+        "--queries",
+        "2",
+        "--filters",
+        "8",
+        "--inner-steps",
+        "1",
+        "--meta-batch",
+        "2",
+        "--meta-steps",
+        "2",
+        "--eval-episodes",
+        "3",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr
     card = read_card(out)
     assert card["training"]["data"]["dataset"] == "omniglot"
     assert card["training"]["data"]["split"] == "train"
-    evaluated = innerloop("evaluate", str(out), "--ways", "4", "--shots", "1", "--episodes", "5",
-                          "--json", cwd=tmp_path)
+    evaluated = innerloop(
+        "evaluate",
+        str(out),
+        "--ways",
+        "4",
+        "--shots",
+        "1",
+        "--episodes",
+        "5",
+        "--json",
+        cwd=tmp_path,
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
     assert result["ways"] == 4 and result["shots"] == 1 and result["episodes"] == 5

@@ -1,15 +1,15 @@
-"""Meta-gradients against independent computations: hand-unrolled autograd and finite differences."""
+"""Meta-gradients against independent references: hand-unrolled autograd, finite differences."""
 
 from __future__ import annotations
 
 import torch
 from helpers import random_image_tasks, tiny_image_learner, tiny_regression_learner, to_double
+from innerloop_training.algorithms import OuterConfig, build_algorithm
+from innerloop_training.tasks import TaskBatch
 from torch.func import functional_call
 
 from innerloop.adaptation import InnerLoop, adapt_and_predict
 from innerloop.learner import Learner
-from innerloop_training.algorithms import OuterConfig, build_algorithm
-from innerloop_training.tasks import TaskBatch
 
 
 def sine_like_tasks(tasks: int = 3, shots: int = 5, queries: int = 7) -> TaskBatch:
@@ -17,8 +17,14 @@ def sine_like_tasks(tasks: int = 3, shots: int = 5, queries: int = 7) -> TaskBat
     amplitude = 0.5 + 2 * torch.rand(tasks, 1, 1, generator=generator, dtype=torch.float64)
     sx = 10 * torch.rand(tasks, shots, 1, generator=generator, dtype=torch.float64) - 5
     qx = 10 * torch.rand(tasks, queries, 1, generator=generator, dtype=torch.float64) - 5
-    return TaskBatch(sx, amplitude * torch.sin(sx), torch.ones(tasks, shots, dtype=torch.float64),
-                     torch.ones(tasks, 1, dtype=torch.bool), qx, amplitude * torch.sin(qx))
+    return TaskBatch(
+        sx,
+        amplitude * torch.sin(sx),
+        torch.ones(tasks, shots, dtype=torch.float64),
+        torch.ones(tasks, 1, dtype=torch.bool),
+        qx,
+        amplitude * torch.sin(qx),
+    )
 
 
 def body_call(learner: Learner, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -27,8 +33,9 @@ def body_call(learner: Learner, params: dict[str, torch.Tensor], x: torch.Tensor
     return out
 
 
-def reference_meta_gradient(learner: Learner, batch: TaskBatch, steps: int, lr: float,
-                            second_order: bool) -> dict[str, torch.Tensor]:
+def reference_meta_gradient(
+    learner: Learner, batch: TaskBatch, steps: int, lr: float, second_order: bool
+) -> dict[str, torch.Tensor]:
     """MAML written out by hand, one task at a time, with ``torch.autograd.grad``."""
     params = {k: v.detach().clone().requires_grad_(True) for k, v in learner.params.items()}
     total = torch.zeros((), dtype=torch.float64)
@@ -47,17 +54,29 @@ def reference_meta_gradient(learner: Learner, batch: TaskBatch, steps: int, lr: 
     return {k: v.grad for k, v in params.items() if v.grad is not None}
 
 
-def our_meta_gradient(learner: Learner, batch: TaskBatch, loop: InnerLoop,
-                      batching: str = "auto") -> dict[str, torch.Tensor]:
+def our_meta_gradient(
+    learner: Learner, batch: TaskBatch, loop: InnerLoop, batching: str = "auto"
+) -> dict[str, torch.Tensor]:
     params = {k: v.detach().clone().requires_grad_(True) for k, v in learner.params.items()}
-    predictions = adapt_and_predict(learner, params, learner.step_sizes, batch.support_x,
-                                    batch.support_y, batch.support_weight, batch.class_mask,
-                                    batch.query_x, loop, batching=batching)
+    predictions = adapt_and_predict(
+        learner,
+        params,
+        learner.step_sizes,
+        batch.support_x,
+        batch.support_y,
+        batch.support_weight,
+        batch.class_mask,
+        batch.query_x,
+        loop,
+        batching=batching,
+    )
     ((predictions.outputs - batch.query_y) ** 2).mean().backward()
     return {k: v.grad for k, v in params.items() if v.grad is not None}
 
 
-def assert_same_gradients(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+def assert_same_gradients(
+    ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
+) -> None:
     assert ours.keys() == reference.keys()
     for name in reference:
         torch.testing.assert_close(ours[name], reference[name], rtol=1e-7, atol=1e-9, msg=name)
@@ -86,21 +105,36 @@ def test_second_order_gradient_of_image_learner_matches_finite_differences() -> 
     """Covers the prototype head, group norm and pooling along the whole differentiated path."""
     learner = to_double(tiny_image_learner(steps=2, lr=0.1))
     batch = random_image_tasks(2, ways=3, shots=2, queries=2)
-    batch = TaskBatch(batch.support_x.double(), batch.support_y, batch.support_weight.double(),
-                      batch.class_mask, batch.query_x.double(), batch.query_y)
+    batch = TaskBatch(
+        batch.support_x.double(),
+        batch.support_y,
+        batch.support_weight.double(),
+        batch.class_mask,
+        batch.query_x.double(),
+        batch.query_y,
+    )
     loop = InnerLoop(2, first_order=False)
 
     def outer_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        outputs = adapt_and_predict(learner, params, learner.step_sizes, batch.support_x,
-                                    batch.support_y, batch.support_weight, batch.class_mask,
-                                    batch.query_x, loop).outputs
+        outputs = adapt_and_predict(
+            learner,
+            params,
+            learner.step_sizes,
+            batch.support_x,
+            batch.support_y,
+            batch.support_weight,
+            batch.class_mask,
+            batch.query_x,
+            loop,
+        ).outputs
         return torch.nn.functional.cross_entropy(outputs.flatten(0, 1), batch.query_y.flatten())
 
     params = {k: v.detach().clone().requires_grad_(True) for k, v in learner.params.items()}
     outer_loss(params).backward()
     generator = torch.Generator().manual_seed(3)
-    direction = {k: torch.randn(v.shape, generator=generator, dtype=torch.float64)
-                 for k, v in params.items()}
+    direction = {
+        k: torch.randn(v.shape, generator=generator, dtype=torch.float64) for k, v in params.items()
+    }
     analytic = sum(float((params[k].grad * direction[k]).sum()) for k in params)
     eps = 1e-6  # the adapted loss is strongly curved; larger steps cross ReLU kinks
     with torch.no_grad():
@@ -115,8 +149,9 @@ def test_reptile_update_equals_its_formula() -> None:
     batch = sine_like_tasks()
     before = {k: v.detach().clone() for k, v in learner.params.items()}
     epsilon = 0.3
-    algorithm = build_algorithm("reptile", learner, InnerLoop(4),
-                                OuterConfig("sgd", epsilon, grad_clip=None))
+    algorithm = build_algorithm(
+        "reptile", learner, InnerLoop(4), OuterConfig("sgd", epsilon, grad_clip=None)
+    )
     algorithm.step(batch)
     # reference: plain SGD on support + query of each task, then init += eps * mean(shift)
     x = torch.cat([batch.support_x, batch.query_x], 1)
@@ -127,13 +162,16 @@ def test_reptile_update_equals_its_formula() -> None:
         for _ in range(4):
             loss = ((body_call(learner, fast, x[t]) - y[t]) ** 2).mean()
             grads = torch.autograd.grad(loss, list(fast.values()))
-            fast = {k: (v - 0.02 * g).detach().requires_grad_(True)
-                    for (k, v), g in zip(fast.items(), grads, strict=True)}
+            fast = {
+                k: (v - 0.02 * g).detach().requires_grad_(True)
+                for (k, v), g in zip(fast.items(), grads, strict=True)
+            }
         for k in shifts:
             shifts[k] += (fast[k].detach() - before[k]) / batch.tasks
     for name, value in learner.params.items():
-        torch.testing.assert_close(value.detach(), before[name] + epsilon * shifts[name],
-                                   rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(
+            value.detach(), before[name] + epsilon * shifts[name], rtol=1e-7, atol=1e-9
+        )
 
 
 def test_meta_sgd_learns_per_parameter_step_sizes() -> None:
@@ -143,8 +181,9 @@ def test_meta_sgd_learns_per_parameter_step_sizes() -> None:
     algorithm = build_algorithm("metasgd", learner, InnerLoop(1), OuterConfig("adam", 1e-3))
     for seed in range(5):
         batch = sine_like_tasks()
-        algorithm.step(TaskBatch(*(t.float() if t.is_floating_point() else t
-                                   for t in batch.astuple())))
+        algorithm.step(
+            TaskBatch(*(t.float() if t.is_floating_point() else t for t in batch.astuple()))
+        )
         del seed
     changed = [k for k in initial if not torch.equal(initial[k], learner.step_sizes[k].detach())]
     assert changed == list(initial), "every step-size tensor should move"

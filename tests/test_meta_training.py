@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-
-from innerloop.adaptation import InnerLoop
-from innerloop.learner import InnerDefaults, Learner
-from innerloop.models import ArchConfig
 from innerloop_training.algorithms import OuterConfig, build_algorithm
 from innerloop_training.data.regression import SineTasks
 from innerloop_training.evaluation import evaluate_learner
 from innerloop_training.sources import RegressionTaskSource
+
+from innerloop.adaptation import InnerLoop
+from innerloop.learner import InnerDefaults, Learner
+from innerloop.models import ArchConfig
 
 
 def test_maml_on_sine_lowers_post_adaptation_mse() -> None:

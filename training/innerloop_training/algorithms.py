@@ -98,8 +98,15 @@ class GradientMetaLearner(MetaAlgorithm):
 
     def step(self, batch: TaskBatch) -> dict[str, float]:
         predictions = adapt_and_predict(
-            self.learner, self.learner.params, self.learner.step_sizes, batch.support_x,
-            batch.support_y, batch.support_weight, batch.class_mask, batch.query_x, self.loop,
+            self.learner,
+            self.learner.params,
+            self.learner.step_sizes,
+            batch.support_x,
+            batch.support_y,
+            batch.support_weight,
+            batch.class_mask,
+            batch.query_x,
+            self.loop,
         )
         loss, score = query_metrics(self.learner, predictions.outputs, batch.query_y)
         loss.backward()
@@ -133,22 +140,38 @@ class Reptile(MetaAlgorithm):
         query_weight = torch.ones(batch.query_x.shape[:2], dtype=batch.support_weight.dtype)
         weight = torch.cat([batch.support_weight, query_weight], dim=1)
         with torch.no_grad():
-            adapted, before, after = reptile_adapted_params(learner, learner.params,
-                                                            learner.step_sizes, x, y, weight,
-                                                            batch.class_mask, self.loop)
+            adapted, before, after = reptile_adapted_params(
+                learner,
+                learner.params,
+                learner.step_sizes,
+                x,
+                y,
+                weight,
+                batch.class_mask,
+                self.loop,
+            )
             for name, tensor in learner.params.items():
                 target = adapted[name]
                 # a "zero" head is copied per way: its target is the mean over tasks and ways
                 target = target.reshape(-1, *tensor.shape).mean(0)
                 tensor.grad = tensor.detach() - target
         grad_norm = self._apply()
-        return {"support_loss_before": float(before.mean()),
-                "support_loss_after": float(after.mean()), "grad_norm": grad_norm}
+        return {
+            "support_loss_before": float(before.mean()),
+            "support_loss_after": float(after.mean()),
+            "grad_norm": grad_norm,
+        }
 
 
 def reptile_adapted_params(
-    learner: Learner, params: Params, step_sizes: Params, x: Tensor, y: Tensor, weight: Tensor,
-    class_mask: Tensor, loop: InnerLoop,
+    learner: Learner,
+    params: Params,
+    step_sizes: Params,
+    x: Tensor,
+    y: Tensor,
+    weight: Tensor,
+    class_mask: Tensor,
+    loop: InnerLoop,
 ) -> tuple[Params, Tensor, Tensor]:
     """Adapted parameters of every task (leading task dim), with support losses."""
 
@@ -160,8 +183,9 @@ def reptile_adapted_params(
     return adapted, before, after
 
 
-def build_algorithm(name: str, learner: Learner, inner: InnerLoop, outer: OuterConfig
-                    ) -> MetaAlgorithm:
+def build_algorithm(
+    name: str, learner: Learner, inner: InnerLoop, outer: OuterConfig
+) -> MetaAlgorithm:
     """The meta-learner for ``name``; ``inner.first_order`` is set to what the method needs."""
     if name == "maml":
         return GradientMetaLearner(name, learner, replace(inner, first_order=False), outer)

@@ -28,19 +28,37 @@ EVAL_SEED = 2024
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("checkpoint", help="a .safetensors checkpoint written by innerloop train")
-    add("--dataset", choices=DATASETS, default=None,
-        help="task source (default: the dataset the checkpoint was trained on)")
-    add("--split", choices=("test", "val", "train"), default="test",
-        help="class split to draw episodes from (Omniglot test = images_evaluation)")
-    add("--data-root", default=None, help="data folder (default: $INNERLOOP_DATA or ../shared/data)")
+    add(
+        "--dataset",
+        choices=DATASETS,
+        default=None,
+        help="task source (default: the dataset the checkpoint was trained on)",
+    )
+    add(
+        "--split",
+        choices=("test", "val", "train"),
+        default="test",
+        help="class split to draw episodes from (Omniglot test = images_evaluation)",
+    )
+    add(
+        "--data-root", default=None, help="data folder (default: $INNERLOOP_DATA or ../shared/data)"
+    )
     add("--path", default=None, help="for --dataset folder: a folder of class folders")
-    add("--split-scheme", choices=OMNIGLOT_SPLIT_SCHEMES, default=None,
-        help="Omniglot class split (default: the checkpoint's)")
+    add(
+        "--split-scheme",
+        choices=OMNIGLOT_SPLIT_SCHEMES,
+        default=None,
+        help="Omniglot class split (default: the checkpoint's)",
+    )
     add("--split-seed", type=int, default=None, help="class split seed (default: the checkpoint's)")
     add("--ways", type=int, default=5, help="classes per episode (N)")
     add("--shots", type=int, default=1, help="support examples per class (K) or support points")
-    add("--queries", type=int, default=None,
-        help="queries per class (default 15; regression: 100 query points)")
+    add(
+        "--queries",
+        type=int,
+        default=None,
+        help="queries per class (default 15; regression: 100 query points)",
+    )
     add("--unbalanced", action="store_true", help="episodes with 1..K shots per class")
     add("--episodes", type=int, default=600, help="number of fixed episodes")
     add("--seed", type=int, default=EVAL_SEED, help="seed of the fixed episodes")
@@ -48,8 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--lr", type=float, default=None, help="inner step size (default: the checkpoint's)")
     add("--chunk", type=int, default=25, help="episodes adapted together in one vmapped call")
     add("--json", action="store_true", help="print one JSON object instead of a sentence")
-    add("--record", action="store_true",
-        help="also store the result in the checkpoint card's evaluation section")
+    add(
+        "--record",
+        action="store_true",
+        help="also store the result in the checkpoint card's evaluation section",
+    )
     add("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -70,11 +91,19 @@ def run(args: argparse.Namespace) -> int:
     queries = args.queries if args.queries is not None else (100 if regression else 15)
     try:
         source = build_source(
-            dataset, args.split, ways=args.ways, shots=args.shots, queries=queries,
-            seed=args.seed, data_root=args.data_root, path=args.path,
-            image_size=learner.arch.image_size, unbalanced=args.unbalanced,
+            dataset,
+            args.split,
+            ways=args.ways,
+            shots=args.shots,
+            queries=queries,
+            seed=args.seed,
+            data_root=args.data_root,
+            path=args.path,
+            image_size=learner.arch.image_size,
+            unbalanced=args.unbalanced,
             split_scheme=args.split_scheme or trained.get("split_scheme", "alphabets"),
-            split_seed=args.split_seed if args.split_seed is not None
+            split_seed=args.split_seed
+            if args.split_seed is not None
             else trained.get("split_seed", 0),
         )
         batches = source.fixed(args.episodes, seed=args.seed, chunk=args.chunk)
@@ -82,12 +111,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"innerloop evaluate: {error}")
         return 2
     started = time.monotonic()
-    result = evaluate_learner(learner, batches, steps=args.steps, lr=args.lr,
-                              progress=not args.json)
+    result = evaluate_learner(
+        learner, batches, steps=args.steps, lr=args.lr, progress=not args.json
+    )
     result.settings = {
-        "dataset": dataset, "split": args.split, "ways": None if regression else args.ways,
-        "shots": args.shots, "queries": queries, "unbalanced": args.unbalanced,
-        "seed": args.seed, "steps": args.steps if args.steps is not None else learner.inner.steps,
+        "dataset": dataset,
+        "split": args.split,
+        "ways": None if regression else args.ways,
+        "shots": args.shots,
+        "queries": queries,
+        "unbalanced": args.unbalanced,
+        "seed": args.seed,
+        "steps": args.steps if args.steps is not None else learner.inner.steps,
         "lr": args.lr if args.lr is not None else learner.inner.lr,
         "seconds": round(time.monotonic() - started, 2),
     }

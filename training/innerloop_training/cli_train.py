@@ -26,54 +26,123 @@ DEFAULTS = TrainConfig()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--algorithm", choices=ALGORITHMS, default=DEFAULTS.algorithm,
-        help="meta-learner: second-order MAML, first-order MAML, Meta-SGD or Reptile")
+    add(
+        "--algorithm",
+        choices=ALGORITHMS,
+        default=DEFAULTS.algorithm,
+        help="meta-learner: second-order MAML, first-order MAML, Meta-SGD or Reptile",
+    )
     add("--dataset", choices=DATASETS, default=DEFAULTS.dataset, help="task source")
-    add("--data-root", default=None,
-        help="data folder (default: $INNERLOOP_DATA or ../shared/data next to the repo)")
+    add(
+        "--data-root",
+        default=None,
+        help="data folder (default: $INNERLOOP_DATA or ../shared/data next to the repo)",
+    )
     add("--path", default=None, help="for --dataset folder: a folder of class folders of images")
-    add("--split-scheme", choices=OMNIGLOT_SPLIT_SCHEMES, default=DEFAULTS.split_scheme,
-        help="Omniglot class split: Lake's alphabets (test = images_evaluation) or Vinyals'")
-    add("--split-seed", type=int, default=DEFAULTS.split_seed,
-        help="seed of the train/val/test class split (Quick Draw, folder, val alphabets)")
+    add(
+        "--split-scheme",
+        choices=OMNIGLOT_SPLIT_SCHEMES,
+        default=DEFAULTS.split_scheme,
+        help="Omniglot class split: Lake's alphabets (test = images_evaluation) or Vinyals'",
+    )
+    add(
+        "--split-seed",
+        type=int,
+        default=DEFAULTS.split_seed,
+        help="seed of the train/val/test class split (Quick Draw, folder, val alphabets)",
+    )
     add("--ways", type=int, default=DEFAULTS.ways, help="classes per training episode (N)")
-    add("--shots", type=int, default=DEFAULTS.shots,
-        help="support examples per class (K); for regression, support points per task")
-    add("--queries", type=int, default=DEFAULTS.queries,
-        help="query examples per class (Q); for regression, query points per task")
-    add("--unbalanced", action="store_true",
-        help="train on support sets with 1..K shots per class")
-    add("--no-rotations", dest="rotations", action="store_false",
-        help="do not add 90/180/270-degree rotations as extra training classes")
+    add(
+        "--shots",
+        type=int,
+        default=DEFAULTS.shots,
+        help="support examples per class (K); for regression, support points per task",
+    )
+    add(
+        "--queries",
+        type=int,
+        default=DEFAULTS.queries,
+        help="query examples per class (Q); for regression, query points per task",
+    )
+    add("--unbalanced", action="store_true", help="train on support sets with 1..K shots per class")
+    add(
+        "--no-rotations",
+        dest="rotations",
+        action="store_false",
+        help="do not add 90/180/270-degree rotations as extra training classes",
+    )
     add("--image-size", type=int, default=DEFAULTS.image_size, help="input side in pixels")
     add("--filters", type=int, default=DEFAULTS.filters, help="Conv4 filters per layer")
-    add("--head", choices=[h for h in HEADS if h != "none"], default=DEFAULTS.head,
-        help="per-task classification head: prototype-initialised or zero shared vector")
-    add("--max-ways", type=int, default=DEFAULTS.max_ways,
-        help="largest number of classes the checkpoint accepts at adaptation time")
+    add(
+        "--head",
+        choices=[h for h in HEADS if h != "none"],
+        default=DEFAULTS.head,
+        help="per-task classification head: prototype-initialised or zero shared vector",
+    )
+    add(
+        "--max-ways",
+        type=int,
+        default=DEFAULTS.max_ways,
+        help="largest number of classes the checkpoint accepts at adaptation time",
+    )
     add("--inner-steps", type=int, default=DEFAULTS.inner_steps, help="inner-loop steps")
-    add("--inner-lr", type=float, default=DEFAULTS.inner_lr,
-        help="inner step size (Meta-SGD: initial value of the learned step sizes)")
-    add("--inner-optimizer", choices=OPTIMIZERS, default=DEFAULTS.inner_optimizer,
-        help="inner-loop optimiser")
-    add("--first-order", action="store_true",
-        help="detach inner gradients (first-order Meta-SGD; implied by fomaml and reptile)")
-    add("--first-order-warmup", type=int, default=DEFAULTS.first_order_warmup,
-        help="meta-steps to run first-order before switching to second order")
+    add(
+        "--inner-lr",
+        type=float,
+        default=DEFAULTS.inner_lr,
+        help="inner step size (Meta-SGD: initial value of the learned step sizes)",
+    )
+    add(
+        "--inner-optimizer",
+        choices=OPTIMIZERS,
+        default=DEFAULTS.inner_optimizer,
+        help="inner-loop optimiser",
+    )
+    add(
+        "--first-order",
+        action="store_true",
+        help="detach inner gradients (first-order Meta-SGD; implied by fomaml and reptile)",
+    )
+    add(
+        "--first-order-warmup",
+        type=int,
+        default=DEFAULTS.first_order_warmup,
+        help="meta-steps to run first-order before switching to second order",
+    )
     add("--meta-batch", type=int, default=DEFAULTS.meta_batch, help="tasks per outer update")
     add("--meta-steps", type=int, default=DEFAULTS.meta_steps, help="outer updates in all")
-    add("--outer-optimizer", choices=("adam", "sgd"), default=DEFAULTS.outer_optimizer,
-        help="outer (meta) optimiser; Reptile with sgd is the textbook update")
+    add(
+        "--outer-optimizer",
+        choices=("adam", "sgd"),
+        default=DEFAULTS.outer_optimizer,
+        help="outer (meta) optimiser; Reptile with sgd is the textbook update",
+    )
     add("--outer-lr", type=float, default=DEFAULTS.outer_lr, help="outer step size")
     add("--seed", type=int, default=DEFAULTS.seed, help="seed of init and task sampling")
-    add("--eval-every", type=int, default=DEFAULTS.eval_every,
-        help="validate on fixed episodes every this many meta-steps")
-    add("--eval-episodes", type=int, default=DEFAULTS.eval_episodes,
-        help="fixed validation episodes")
-    add("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every,
-        help="save a resumable state every this many meta-steps")
-    add("--max-minutes", type=float, default=None,
-        help="stop (and save) after this many minutes of wall-clock time")
+    add(
+        "--eval-every",
+        type=int,
+        default=DEFAULTS.eval_every,
+        help="validate on fixed episodes every this many meta-steps",
+    )
+    add(
+        "--eval-episodes",
+        type=int,
+        default=DEFAULTS.eval_episodes,
+        help="fixed validation episodes",
+    )
+    add(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULTS.checkpoint_every,
+        help="save a resumable state every this many meta-steps",
+    )
+    add(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop (and save) after this many minutes of wall-clock time",
+    )
     add("--out", default=DEFAULTS.out, help="checkpoint to write (.safetensors)")
     add("--run-dir", default=None, help="logs, plots and resume state (default: runs/NAME)")
     add("--resume", action="store_true", help="continue from RUN_DIR/resume.safetensors")

@@ -38,7 +38,10 @@ class EvaluationResult:
 
     def summary(self) -> str:
         if self.metric == "accuracy":
-            return f"accuracy {100 * self.mean:.2f}% ± {100 * self.ci95:.2f}% ({self.episodes} episodes)"
+            return (
+                f"accuracy {100 * self.mean:.2f}% ± {100 * self.ci95:.2f}% "
+                f"({self.episodes} episodes)"
+            )
         return f"mse {self.mean:.4f} ± {self.ci95:.4f} ({self.episodes} tasks)"
 
 
@@ -54,12 +57,18 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     return mean, 1.96 * math.sqrt(var / n)
 
 
-def episode_scores(learner: Learner, batch: TaskBatch, steps: int | None = None,
-                   lr: float | None = None) -> list[float]:
+def episode_scores(
+    learner: Learner, batch: TaskBatch, steps: int | None = None, lr: float | None = None
+) -> list[float]:
     """Per-task accuracy (classification) or query MSE (regression) of one batch of tasks."""
     predictions = learner.adapt_and_predict(
-        batch.support_x, batch.support_y, batch.support_weight, batch.class_mask, batch.query_x,
-        steps=steps, lr=lr,
+        batch.support_x,
+        batch.support_y,
+        batch.support_weight,
+        batch.class_mask,
+        batch.query_x,
+        steps=steps,
+        lr=lr,
     )
     outputs = predictions.outputs
     if learner.task == "classification":

@@ -38,7 +38,9 @@ def plot_training_curve(log_path: Path, out: Path, title: str) -> Path:
     left.plot(steps, values, alpha=0.25, color="tab:blue")
     left.plot(steps[window - 1 :], smooth, color="tab:blue")
     left.set(xlabel="meta-step", ylabel=key.replace("_", " "), title="meta-training loss")
-    val = [(r["step"], v) for r in records for k, v in r.items() if k in ("val_accuracy", "val_mse")]
+    val = [
+        (r["step"], v) for r in records for k, v in r.items() if k in ("val_accuracy", "val_mse")
+    ]
     if val:
         right.plot(*zip(*val, strict=True), marker="o", color="tab:green")
         metric = "val_accuracy" if any("val_accuracy" in r for r in records) else "val_mse"
@@ -67,22 +69,40 @@ def plot_regression_adaptation(
     weight = torch.ones(tasks, shots)
     mask = torch.ones(tasks, 1, dtype=torch.bool)
     adapted = learner.adapt_and_predict(batch.support_x, batch.support_y, weight, mask, grid)
-    before = learner.adapt_and_predict(batch.support_x, batch.support_y, weight, mask, grid,
-                                       steps=0)
-    other = (baseline.adapt_and_predict(batch.support_x, batch.support_y, weight, mask, grid)
-             if baseline is not None else None)
+    before = learner.adapt_and_predict(
+        batch.support_x, batch.support_y, weight, mask, grid, steps=0
+    )
+    other = (
+        baseline.adapt_and_predict(batch.support_x, batch.support_y, weight, mask, grid)
+        if baseline is not None
+        else None
+    )
     fig, axes = plt.subplots(1, tasks, figsize=(4.2 * tasks, 3.4), squeeze=False)
     xs = grid[0, :, 0].numpy()
     for i, ax in enumerate(axes[0]):
         ax.plot(xs, np.asarray(family.function(batch.params[i], xs)), color="black", label="truth")
         ax.plot(xs, before.outputs[i, :, 0].numpy(), "--", color="tab:gray", label="meta-init")
-        ax.plot(xs, adapted.outputs[i, :, 0].numpy(), color="tab:red",
-                label=f"after {learner.inner.steps} steps")
+        ax.plot(
+            xs,
+            adapted.outputs[i, :, 0].numpy(),
+            color="tab:red",
+            label=f"after {learner.inner.steps} steps",
+        )
         if other is not None:
-            ax.plot(xs, other.outputs[i, :, 0].numpy(), ":", color="tab:blue",
-                    label="no meta-training, same steps")
-        ax.scatter(batch.support_x[i, :, 0], batch.support_y[i, :, 0], color="tab:orange",
-                   zorder=3, label=f"{shots} support points")
+            ax.plot(
+                xs,
+                other.outputs[i, :, 0].numpy(),
+                ":",
+                color="tab:blue",
+                label="no meta-training, same steps",
+            )
+        ax.scatter(
+            batch.support_x[i, :, 0],
+            batch.support_y[i, :, 0],
+            color="tab:orange",
+            zorder=3,
+            label=f"{shots} support points",
+        )
         ax.set(xlabel="x", ylabel="y")
     axes[0][0].legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -94,15 +114,24 @@ def plot_regression_adaptation(
 def plot_run(trainer: Trainer) -> list[Path]:
     """All figures of a finished training run, into its run folder."""
     config = trainer.config
-    figures = [plot_training_curve(trainer.log_path, trainer.run_path / "training_curve.png",
-                                   f"{config.algorithm} on {config.dataset}")]
+    figures = [
+        plot_training_curve(
+            trainer.log_path,
+            trainer.run_path / "training_curve.png",
+            f"{config.algorithm} on {config.dataset}",
+        )
+    ]
     if config.is_regression:
         from innerloop_training.data.registry import load_task_family
         from innerloop_training.trainer import build_learner
 
-        figures.append(plot_regression_adaptation(
-            trainer.learner, load_task_family(config.dataset),
-            trainer.run_path / "adaptation.png", shots=config.shots,
-            baseline=build_learner(config),
-        ))
+        figures.append(
+            plot_regression_adaptation(
+                trainer.learner,
+                load_task_family(config.dataset),
+                trainer.run_path / "adaptation.png",
+                shots=config.shots,
+                baseline=build_learner(config),
+            )
+        )
     return figures

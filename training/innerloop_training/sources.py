@@ -45,20 +45,28 @@ class ImageTaskSource:
     unbalanced: bool = False
 
     def __post_init__(self) -> None:
-        self._sampler = EpisodeSampler(self.data, self.ways, self.shots, self.queries, self.seed,
-                                       unbalanced=self.unbalanced)
+        self._sampler = EpisodeSampler(
+            self.data, self.ways, self.shots, self.queries, self.seed, unbalanced=self.unbalanced
+        )
 
     def sample(self, tasks: int) -> TaskBatch:
         return task_batch(self._sampler.sample(tasks))
 
     def fixed(self, tasks: int, seed: int, chunk: int = 50) -> list[TaskBatch]:
-        episodes = fixed_episodes(self.data, self.ways, self.shots, self.queries, tasks, seed,
-                                  unbalanced=self.unbalanced)
+        episodes = fixed_episodes(
+            self.data, self.ways, self.shots, self.queries, tasks, seed, unbalanced=self.unbalanced
+        )
         return [part for batch in episodes for part in task_batch(batch).chunks(chunk)]
 
     def describe(self) -> dict[str, object]:
-        return {**self.data.source, "classes": self.data.num_classes, "ways": self.ways,
-                "shots": self.shots, "queries": self.queries, "unbalanced": self.unbalanced}
+        return {
+            **self.data.source,
+            "classes": self.data.num_classes,
+            "ways": self.ways,
+            "shots": self.shots,
+            "queries": self.queries,
+            "unbalanced": self.unbalanced,
+        }
 
 
 @dataclass
@@ -83,9 +91,13 @@ class RegressionTaskSource:
         return batch.chunks(chunk)
 
     def describe(self) -> dict[str, object]:
-        return {"dataset": self.name, "shots": self.shots, "queries": self.queries,
-                **{k: list(v) for k, v in self.family.ranges().items()},
-                "x_range": list(self.family.x_range)}
+        return {
+            "dataset": self.name,
+            "shots": self.shots,
+            "queries": self.queries,
+            **{k: list(v) for k, v in self.family.ranges().items()},
+            "x_range": list(self.family.x_range),
+        }
 
 
 def build_source(
@@ -108,8 +120,17 @@ def build_source(
     if dataset in REGRESSION_DATASETS:
         return RegressionTaskSource(load_task_family(dataset), dataset, shots, queries, seed)
     if dataset not in IMAGE_DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from "
-                         f"{IMAGE_DATASETS + REGRESSION_DATASETS}")
-    data = load_image_dataset(dataset, split, data_root, image_size, seed=split_seed, path=path,
-                              rotations=rotations, split_scheme=split_scheme)
+        raise ValueError(
+            f"unknown dataset {dataset!r}; choose from {IMAGE_DATASETS + REGRESSION_DATASETS}"
+        )
+    data = load_image_dataset(
+        dataset,
+        split,
+        data_root,
+        image_size,
+        seed=split_seed,
+        path=path,
+        rotations=rotations,
+        split_scheme=split_scheme,
+    )
     return ImageTaskSource(data, ways, shots, queries, seed, unbalanced)

@@ -33,13 +33,21 @@ class TaskBatch:
         return TaskBatch(*(t.to(device) for t in self.astuple()))
 
     def astuple(self) -> tuple[Tensor, ...]:
-        return (self.support_x, self.support_y, self.support_weight, self.class_mask,
-                self.query_x, self.query_y)
+        return (
+            self.support_x,
+            self.support_y,
+            self.support_weight,
+            self.class_mask,
+            self.query_x,
+            self.query_y,
+        )
 
     def chunks(self, size: int) -> list[TaskBatch]:
         """Split along the task dimension (to bound memory in evaluation)."""
-        return [TaskBatch(*(t[i : i + size] for t in self.astuple()))
-                for i in range(0, self.tasks, size)]
+        return [
+            TaskBatch(*(t[i : i + size] for t in self.astuple()))
+            for i in range(0, self.tasks, size)
+        ]
 
 
 def task_batch(batch: Any) -> TaskBatch:
@@ -56,5 +64,4 @@ def task_batch(batch: Any) -> TaskBatch:
         class_mask = torch.ones(tasks, 1, dtype=torch.bool)
     else:
         class_mask = torch.ones(tasks, int(ways), dtype=torch.bool)
-    return TaskBatch(support_x, batch.support_y, weight.float(), class_mask, query_x,
-                     batch.query_y)
+    return TaskBatch(support_x, batch.support_y, weight.float(), class_mask, query_x, batch.query_y)

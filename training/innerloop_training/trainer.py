@@ -86,19 +86,36 @@ def build_learner(config: TrainConfig) -> Learner:
     else:
         arch = ArchConfig(kind="conv4", image_size=config.image_size, filters=config.filters)
     inner = InnerDefaults(config.inner_steps, config.inner_lr, config.inner_optimizer)
-    return Learner.create(arch, config.head, inner, learn_step_sizes=config.algorithm == "metasgd",
-                          max_ways=config.max_ways, seed=config.seed)
+    return Learner.create(
+        arch,
+        config.head,
+        inner,
+        learn_step_sizes=config.algorithm == "metasgd",
+        max_ways=config.max_ways,
+        seed=config.seed,
+    )
 
 
 def build_sources(config: TrainConfig) -> tuple[TaskSource, TaskSource]:
     """Training source (rotations as extra classes) and validation source (no rotations)."""
     common: dict[str, Any] = dict(
-        ways=config.ways, shots=config.shots, queries=config.queries, data_root=config.data_root,
-        path=config.path, image_size=config.image_size, split_scheme=config.split_scheme,
+        ways=config.ways,
+        shots=config.shots,
+        queries=config.queries,
+        data_root=config.data_root,
+        path=config.path,
+        image_size=config.image_size,
+        split_scheme=config.split_scheme,
         split_seed=config.split_seed,
     )
-    train = build_source(config.dataset, "train", seed=config.seed, rotations=config.rotations,
-                         unbalanced=config.unbalanced, **common)
+    train = build_source(
+        config.dataset,
+        "train",
+        seed=config.seed,
+        rotations=config.rotations,
+        unbalanced=config.unbalanced,
+        **common,
+    )
     val = build_source(config.dataset, "val", seed=config.seed + 1, **common)
     return train, val
 
@@ -117,8 +134,12 @@ class Trainer:
         if config.resume and self.resume_path.exists():
             self._load_resume()
         loop = InnerLoop(config.inner_steps, config.inner_optimizer, config.first_order)
-        self.algorithm = build_algorithm(config.algorithm, self.learner, loop,
-                                         OuterConfig(config.outer_optimizer, config.outer_lr))
+        self.algorithm = build_algorithm(
+            config.algorithm,
+            self.learner,
+            loop,
+            OuterConfig(config.outer_optimizer, config.outer_lr),
+        )
         if config.resume and self.resume_path.exists():
             self._load_optimizer_state()
         self.train_source, self.val_source = build_sources(config)
@@ -134,25 +155,49 @@ class Trainer:
         started = time.monotonic()
         deadline = started + 60 * config.max_minutes if config.max_minutes else None
         second_order_loop = self.algorithm.loop
-        bar = tqdm(range(self.start_step, config.meta_steps), initial=self.start_step,
-                   total=config.meta_steps, desc=f"{config.algorithm} {config.dataset}",
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            range(self.start_step, config.meta_steps),
+            initial=self.start_step,
+            total=config.meta_steps,
+            desc=f"{config.algorithm} {config.dataset}",
+            unit="step",
+            dynamic_ncols=True,
+        )
         step = self.start_step
         with self.log_path.open("a") as log:
             for step in bar:
                 warm = step < config.first_order_warmup
-                self.algorithm.loop = (InnerLoop(second_order_loop.steps, second_order_loop.optimizer,
-                                                 True) if warm else second_order_loop)
+                self.algorithm.loop = (
+                    InnerLoop(second_order_loop.steps, second_order_loop.optimizer, True)
+                    if warm
+                    else second_order_loop
+                )
                 metrics = self.algorithm.step(self.train_source.sample(config.meta_batch))
-                record: dict[str, Any] = {"step": step + 1, **metrics,
-                                          "seconds": self._seconds(started)}
+                record: dict[str, Any] = {
+                    "step": step + 1,
+                    **metrics,
+                    "seconds": self._seconds(started),
+                }
                 if (step + 1) % config.eval_every == 0 or step + 1 == config.meta_steps:
                     result = self.validate()
                     record[f"val_{result.metric}"] = result.mean
                     record["val_ci95"] = result.ci95
-                bar.set_postfix(refresh=False, ordered_dict={k: f"{v:.3f}" for k, v in record.items()
-                                 if k in ("query_loss", "query_accuracy", "query_mse",
-                                          "support_loss_after", "val_accuracy", "val_mse")})
+                bar.set_postfix(
+                    refresh=False,
+                    ordered_dict={
+                        k: f"{v:.3f}"
+                        for k, v in record.items()
+                        if k
+                        in (
+                            "query_loss",
+                            "query_accuracy",
+                            "query_mse",
+                            "support_loss_after",
+                            "val_accuracy",
+                            "val_mse",
+                        )
+                    },
+                )
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 if (step + 1) % config.checkpoint_every == 0:
@@ -172,8 +217,9 @@ class Trainer:
     def _seconds(self, started: float) -> float:
         return self.seconds_before + time.monotonic() - started
 
-    def _card(self, steps_done: int, started: float, validation: EvaluationResult
-              ) -> dict[str, Any]:
+    def _card(
+        self, steps_done: int, started: float, validation: EvaluationResult
+    ) -> dict[str, Any]:
         training = {
             "algorithm": self.config.algorithm,
             "config": asdict(self.config),
@@ -182,24 +228,31 @@ class Trainer:
             "meta_steps_done": steps_done,
             "seconds": round(self._seconds(started), 1),
             "hardware": f"{platform.machine()} {platform.processor() or ''} "
-                        f"torch {torch.__version__}, {torch.get_num_threads()} threads".strip(),
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads".strip(),
             "data": self.train_source.describe(),
         }
         evaluation = {"validation": validation.to_dict()}
-        return build_card(self.learner, self.config.name,
-                          {"training": training, "evaluation": evaluation})
+        return build_card(
+            self.learner, self.config.name, {"training": training, "evaluation": evaluation}
+        )
 
     def _save_resume(self, steps_done: int, started: float) -> None:
-        card = build_card(self.learner, self.config.name, {"training": {
-            "resume_step": steps_done, "seconds": self._seconds(started)}})
+        card = build_card(
+            self.learner,
+            self.config.name,
+            {"training": {"resume_step": steps_done, "seconds": self._seconds(started)}},
+        )
         save_checkpoint(self.learner, self.resume_path, card)
         state = self.algorithm.optimizer.state_dict()
         tensors: dict[str, torch.Tensor] = {}
         for index, slots in state["state"].items():
             for key, value in slots.items():
                 tensors[f"{index}/{key}"] = torch.as_tensor(value).detach().clone()
-        save_file(tensors, str(self.run_path / "resume.optimizer.safetensors"),
-                  metadata={"param_groups": json.dumps(state["param_groups"])})
+        save_file(
+            tensors,
+            str(self.run_path / "resume.optimizer.safetensors"),
+            metadata={"param_groups": json.dumps(state["param_groups"])},
+        )
 
     def _load_resume(self) -> None:
         learner, card = load_checkpoint(self.resume_path)
