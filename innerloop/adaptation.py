@@ -176,9 +176,10 @@ def adapt_and_predict(
     loss through it.
 
     ``batching`` is ``vmap`` (one vectorised call over tasks), ``loop`` (the same per-task
-    function in a Python loop) or ``auto``: vmap on GPUs, the loop on CPUs, where
+    function in a Python loop) or ``auto``: the loop for convolutional models on CPUs, where
     ``benchmarks/bench_meta_training.py`` measures vmapped convolutions (grouped per task) as
-    several times slower than per-task MKL-DNN convolutions. Both give the same numbers.
+    ~3x slower than per-task MKL-DNN ones, and vmap everywhere else (GPUs; MLPs, where vmap is
+    ~30x faster than the loop on CPU). Both give the same numbers.
     """
 
     def one_task(sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor, qx: Tensor) -> tuple[Tensor, ...]:
@@ -188,7 +189,8 @@ def adapt_and_predict(
 
     tensors = (support_x, support_y, support_weight, class_mask, query_x)
     if batching == "auto":
-        batching = "vmap" if support_x.is_cuda else "loop"
+        convolutional = support_x.dim() == 5  # [tasks, shots, channels, height, width]
+        batching = "loop" if convolutional and not support_x.is_cuda else "vmap"
     if batching == "vmap":
         outputs, before, after = vmap(one_task)(*tensors)
     elif batching == "loop":

@@ -7,10 +7,20 @@ per-task parameter sets at once under ``vmap``.
 Normalisation is per-sample group normalisation: each sample is normalised on its own, so a
 query's prediction never depends on the other queries in a request (BatchNorm's batch statistics
 would).
+
+WarpGrad (Flennerhag et al., ICLR 2020) bodies interleave the task-adaptable layers with
+*warp-layers* (``ArchConfig.warp``): meta-learned layers the inner loop never moves, which
+precondition the adaptable layers' gradients. A warp-layer follows every adaptable block and its
+parameters are named ``body.<i>.warp.*`` (:func:`is_warp_parameter`), so a checkpoint says which
+tensors are warp parameters by their names alone; :class:`~innerloop.learner.Learner` puts them in
+``frozen``. Warp-layers start as the identity and do not draw from the RNG, so a warped body
+computes exactly what the unwarped body with the same seed computes until meta-training moves
+them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any
@@ -19,6 +29,9 @@ import torch
 from torch import nn
 
 ARCHITECTURES = ("conv4", "mlp")
+# none | linear (1x1 conv; a square linear map for mlp) | conv (one 3x3 conv) | residual
+# (x + conv(relu(norm(conv(x)))), per-sample norm; for mlp x + linear(relu(linear(x))))
+WARP_KINDS = ("none", "linear", "conv", "residual")
 
 
 @dataclass(frozen=True)
@@ -36,10 +49,16 @@ class ArchConfig:
     in_features: int = 1
     hidden: tuple[int, ...] = (40, 40)
     out_features: int = 1
+    # WarpGrad warp-layers after every adaptable block (see the module docstring)
+    warp: str = "none"
 
     def __post_init__(self) -> None:
         if self.kind not in ARCHITECTURES:
             raise ValueError(f"architecture kind {self.kind!r} is not one of {ARCHITECTURES}")
+        if self.warp not in WARP_KINDS:
+            raise ValueError(f"warp {self.warp!r} is not one of {WARP_KINDS}")
+        if self.kind == "mlp" and self.warp == "conv":
+            raise ValueError("warp='conv' needs a conv4 body; use 'linear' or 'residual' for mlp")
         if self.kind == "conv4" and self.norm_groups and self.filters % self.norm_groups:
             raise ValueError(f"filters={self.filters} is not divisible by {self.norm_groups=}")
 
