@@ -90,6 +90,7 @@ def save_checkpoint(learner: Learner, path: str | Path, card: dict[str, Any]) ->
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(blob)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; servers often run as another user
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -166,6 +167,12 @@ def _learner_from(path: Path, card: dict[str, Any], tensors: dict[str, torch.Ten
     expected = Learner.create(
         arch, learner.head, inner, _has_learned_step_sizes(steps), learner.max_ways
     )
+    unfrozen_warp = sorted(expected.frozen - frozen)
+    if unfrozen_warp:  # the inner loop would move them, with no step size to do it
+        raise CheckpointError(
+            f"{path}: warp parameters must be listed in the card's adaptation.frozen "
+            f"(missing {unfrozen_warp[:5]})"
+        )
     expected_frozen = {k: v for k, v in expected.step_sizes.items() if k not in frozen}
     _check_shapes(path, "parameter", params, expected.params)
     _check_shapes(path, "step size", steps, expected_frozen)

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from innerloop.adaptation import InnerLoop, Params, Predictions, adapt_and_predict
-from innerloop.models import ArchConfig, body_parameters, build_body, feature_dim
+from innerloop.models import (
+    ArchConfig,
+    body_parameters,
+    build_body,
+    feature_dim,
+    warp_parameter_names,
+)
 
 HEADS = ("proto", "zero", "none")
 TASKS = ("classification", "regression")
@@ -93,7 +99,9 @@ class Learner:
             params["head.weight"] = torch.zeros(dim)
             params["head.bias"] = torch.zeros(1)
         inner = inner or InnerDefaults()
-        learner = cls(arch, task, head, params, {}, inner, max_ways=max_ways)
+        # warp-layers (WarpGrad) are meta-learned but never adapted: frozen from the start
+        frozen = warp_parameter_names(params)
+        learner = cls(arch, task, head, params, {}, inner, frozen, max_ways=max_ways)
         learner.step_sizes = learner.initial_step_sizes(learned=learn_step_sizes)
         return learner
 

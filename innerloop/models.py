@@ -114,22 +114,93 @@ def _conv_block(in_channels: int, filters: int, norm_groups: int) -> list[nn.Mod
     return layers
 
 
+class WarpLayer(nn.Module):
+    """A WarpGrad warp-layer: meta-learned, held fixed by the inner loop, identity at init.
+
+    Its tensors live under ``.warp`` so their parameter names contain ``.warp.``. Construction
+    runs inside ``fork_rng`` so adding warp-layers leaves the adaptable layers' random init
+    unchanged (a warped and an unwarped body with the same seed start out computing the same
+    function, which makes method comparisons start from the same point).
+    """
+
+    def __init__(self, kind: str, width: int, spatial: bool, norm_groups: int = 0) -> None:
+        super().__init__()
+        if kind not in WARP_KINDS[1:]:
+            raise ValueError(f"warp-layer kind {kind!r} is not one of {WARP_KINDS[1:]}")
+        self.residual = kind == "residual"
+        with torch.random.fork_rng(devices=[]):
+            self.warp = self._build(kind, width, spatial, norm_groups)
+
+    @staticmethod
+    def _build(kind: str, width: int, spatial: bool, norm_groups: int) -> nn.Module:
+        def square(kernel: int) -> nn.Conv2d | nn.Linear:
+            if spatial:
+                return nn.Conv2d(width, width, kernel, padding=kernel // 2)
+            return nn.Linear(width, width)
+
+        if kind != "residual":
+            layer = square(1 if kind == "linear" else 3)
+            _identity_(layer)
+            return layer
+        inner: list[nn.Module] = [square(3)]
+        if spatial and norm_groups:
+            inner.append(SampleGroupNorm(norm_groups, width))  # per sample: no query-batch stats
+        last = square(3)
+        with torch.no_grad():  # zero last layer: the residual branch starts at 0 (identity)
+            last.weight.zero_()
+            last.bias.zero_()
+        inner += [nn.ReLU(), last]
+        return nn.Sequential(*inner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.warp(x)
+        return x + out if self.residual else out
+
+
+def _identity_(layer: nn.Conv2d | nn.Linear) -> None:
+    """Set a square linear layer or a same-channels conv to the identity map."""
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+        if isinstance(layer, nn.Linear):
+            layer.weight.copy_(torch.eye(layer.out_features))
+        else:
+            centre = layer.kernel_size[0] // 2
+            layer.weight[:, :, centre, centre] = torch.eye(layer.out_channels)
+
+
 def build_body(config: ArchConfig) -> nn.Sequential:
-    """The feature extractor (conv4) or the whole regressor (mlp)."""
+    """The feature extractor (conv4) or the whole regressor (mlp), with warp-layers if asked."""
+    warp = config.warp
     if config.kind == "conv4":
         layers: list[nn.Module] = []
         channels = config.in_channels
         for _ in range(config.blocks):
             layers += _conv_block(channels, config.filters, config.norm_groups)
             channels = config.filters
+            if warp != "none":
+                layers.append(WarpLayer(warp, channels, spatial=True,
+                                        norm_groups=config.norm_groups))
         layers.append(nn.Flatten())
         return nn.Sequential(*layers)
     widths = [config.in_features, *config.hidden]
     mlp: list[nn.Module] = []
     for width_in, width_out in pairwise(widths):
         mlp += [nn.Linear(width_in, width_out), nn.ReLU()]
+        if warp != "none":
+            mlp.append(WarpLayer(warp, width_out, spatial=False))
     mlp.append(nn.Linear(widths[-1], config.out_features))
     return nn.Sequential(*mlp)
+
+
+def is_warp_parameter(name: str) -> bool:
+    """Whether a parameter name (``body.<i>.warp.*``) belongs to a warp-layer."""
+    return ".warp." in name
+
+
+def warp_parameter_names(names: Iterable[str]) -> frozenset[str]:
+    """The warp-layer parameters among ``names``: the ones the inner loop must hold fixed."""
+    return frozenset(n for n in names if is_warp_parameter(n))
 
 
 def feature_dim(config: ArchConfig, body: nn.Module) -> int:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import platform
 import shlex
+import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +123,34 @@ def build_sources(config: TrainConfig) -> tuple[TaskSource, TaskSource]:
     return train, val
 
 
+_SHOWN = (
+    "query_loss",
+    "query_accuracy",
+    "query_mse",
+    "support_loss_after",
+    "val_accuracy",
+    "val_mse",
+)
+
+
+@contextmanager
+def _stop_requests() -> Iterator[list[str]]:
+    """Turn SIGINT/SIGTERM into a polite stop request, so an interrupted run still saves."""
+    requests: list[str] = []
+    previous = {}
+
+    def request(signum: int, _frame: object) -> None:
+        requests.append(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, request)
+    try:
+        yield requests
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class Trainer:
     """Runs one :class:`TrainConfig` to a checkpoint, with logs and plots in ``run_path``."""
 
@@ -151,62 +182,49 @@ class Trainer:
         self.log_path = self.run_path / "metrics.jsonl"
 
     def run(self) -> Path:
+        """Train until ``meta_steps``, ``--max-minutes``, or SIGINT/SIGTERM; then save."""
         config = self.config
         started = time.monotonic()
         deadline = started + 60 * config.max_minutes if config.max_minutes else None
         second_order_loop = self.algorithm.loop
+        first_order_loop = replace(second_order_loop, first_order=True)
         bar = tqdm(
-            range(self.start_step, config.meta_steps),
-            initial=self.start_step,
             total=config.meta_steps,
+            initial=self.start_step,
             desc=f"{config.algorithm} {config.dataset}",
             unit="step",
             dynamic_ncols=True,
         )
-        step = self.start_step
-        with self.log_path.open("a") as log:
-            for step in bar:
-                warm = step < config.first_order_warmup
-                self.algorithm.loop = (
-                    InnerLoop(second_order_loop.steps, second_order_loop.optimizer, True)
-                    if warm
-                    else second_order_loop
-                )
+        done = self.start_step
+        with self.log_path.open("a") as log, _stop_requests() as stop:
+            while done < config.meta_steps and not stop:
+                warm = done < config.first_order_warmup
+                self.algorithm.loop = first_order_loop if warm else second_order_loop
                 metrics = self.algorithm.step(self.train_source.sample(config.meta_batch))
+                done += 1
                 record: dict[str, Any] = {
-                    "step": step + 1,
+                    "step": done,
                     **metrics,
                     "seconds": self._seconds(started),
                 }
-                if (step + 1) % config.eval_every == 0 or step + 1 == config.meta_steps:
+                if done % config.eval_every == 0 or done == config.meta_steps:
                     result = self.validate()
                     record[f"val_{result.metric}"] = result.mean
                     record["val_ci95"] = result.ci95
                 bar.set_postfix(
-                    refresh=False,
-                    ordered_dict={
-                        k: f"{v:.3f}"
-                        for k, v in record.items()
-                        if k
-                        in (
-                            "query_loss",
-                            "query_accuracy",
-                            "query_mse",
-                            "support_loss_after",
-                            "val_accuracy",
-                            "val_mse",
-                        )
-                    },
+                    {k: f"{v:.3f}" for k, v in record.items() if k in _SHOWN}, refresh=False
                 )
+                bar.update()
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-                if (step + 1) % config.checkpoint_every == 0:
-                    self._save_resume(step + 1, started)
+                if done % config.checkpoint_every == 0:
+                    self._save_resume(done, started)
                 if deadline is not None and time.monotonic() > deadline:
-                    bar.write(f"--max-minutes reached at step {step + 1}; saving")
+                    bar.write(f"--max-minutes reached at step {done}; saving")
                     break
+            if stop:
+                bar.write(f"stopped by {stop[0]} at step {done}; saving")
         bar.close()
-        done = step + 1
         self._save_resume(done, started)
         return self._save_final(done, started)
 
