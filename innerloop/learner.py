@@ -15,7 +15,7 @@ Per-class means use ``support_weight``, so unbalanced support sets and padded ro
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -219,9 +219,4 @@ class Learner:
             self.frozen,
             self.max_ways,
         )
-        return clone
-
-    def with_inner(self, **changes: object) -> Learner:
-        clone = self.with_params(self.params)
-        clone.inner = replace(self.inner, **changes)  # type: ignore[arg-type]
         return clone

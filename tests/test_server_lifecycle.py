@@ -29,11 +29,16 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[ServerProcess]:
-    process = ServerProcess(checkpoints, tmp_path_factory.mktemp("logs") / "server.log",
-                            "--max-in-flight", "2", "--max-batch-size", "1",
-                            env={"INNERLOOP_API_KEY": KEY})
+def server(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        checkpoints,
+        tmp_path_factory.mktemp("logs") / "server.log",
+        "--max-in-flight",
+        "2",
+        "--max-batch-size",
+        "1",
+        env={"INNERLOOP_API_KEY": KEY},
+    )
     try:
         yield process.wait_healthy()
     finally:
@@ -54,18 +59,24 @@ def test_other_paths_need_the_key(server: ServerProcess, path: str) -> None:
     assert httpx.get(server.url + path, headers={"X-API-Key": KEY}).status_code == 200
 
 
-@pytest.mark.parametrize(("headers", "status", "expected"), [
-    ({}, 401, "X-API-Key: API key missing"),
-    ({"X-API-Key": "wrong"}, 401, "X-API-Key: API key wrong"),
-    ({"Authorization": "Bearer wrong"}, 401, "X-API-Key: API key wrong"),
-    ({"Authorization": "Basic czNjcmV0"}, 401, "X-API-Key: API key missing"),
-    ({"X-API-Key": KEY}, 200, None),
-    ({"Authorization": f"Bearer {KEY}"}, 200, None),
-], ids=["missing", "wrong", "wrong bearer", "basic auth", "x-api-key", "bearer"])
-def test_predict_api_key(server: ServerProcess, headers: dict[str, str], status: int,
-                         expected: str | None) -> None:
-    response = httpx.post(server.url + "/v1/predict", json=image_request(2, 1, 1),
-                          headers=headers, timeout=60.0)
+@pytest.mark.parametrize(
+    ("headers", "status", "expected"),
+    [
+        ({}, 401, "X-API-Key: API key missing"),
+        ({"X-API-Key": "wrong"}, 401, "X-API-Key: API key wrong"),
+        ({"Authorization": "Bearer wrong"}, 401, "X-API-Key: API key wrong"),
+        ({"Authorization": "Basic czNjcmV0"}, 401, "X-API-Key: API key missing"),
+        ({"X-API-Key": KEY}, 200, None),
+        ({"Authorization": f"Bearer {KEY}"}, 200, None),
+    ],
+    ids=["missing", "wrong", "wrong bearer", "basic auth", "x-api-key", "bearer"],
+)
+def test_predict_api_key(
+    server: ServerProcess, headers: dict[str, str], status: int, expected: str | None
+) -> None:
+    response = httpx.post(
+        server.url + "/v1/predict", json=image_request(2, 1, 1), headers=headers, timeout=60.0
+    )
     assert response.status_code == status, response.text
     if expected:
         assert expected in response.json()["detail"]
@@ -73,8 +84,11 @@ def test_predict_api_key(server: ServerProcess, headers: dict[str, str], status:
 
 
 def test_auth_is_checked_before_the_body(server: ServerProcess) -> None:
-    response = httpx.post(server.url + "/v1/predict", content=b"{not json",
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        server.url + "/v1/predict",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 401
 
 
@@ -104,8 +118,12 @@ def test_overload_gets_503_with_retry_after(server: ServerProcess) -> None:
     assert busy.headers["retry-after"] == "1"
     assert "server busy" in busy.json()["detail"]
     # and once the load is gone, the server answers again
-    again = httpx.post(server.url + "/v1/predict", json=image_request(2, 1, 1),
-                       headers={"X-API-Key": KEY}, timeout=60.0)
+    again = httpx.post(
+        server.url + "/v1/predict",
+        json=image_request(2, 1, 1),
+        headers={"X-API-Key": KEY},
+        timeout=60.0,
+    )
     assert again.status_code == 200
 
 
@@ -126,13 +144,16 @@ def test_models_cli_reads_a_folder(checkpoints: Path, capsys: pytest.CaptureFixt
     assert "broken.safetensors" in listing["errors"]
 
 
-def test_models_cli_asks_a_server(server: ServerProcess, capsys: pytest.CaptureFixture[str]
-                                  ) -> None:
+def test_models_cli_asks_a_server(
+    server: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
     from innerloop.cli import main
 
     assert main(["models", "--url", server.url, "--api-key", KEY, "--json"]) == 0
-    assert {m["name"] for m in json.loads(capsys.readouterr().out)["models"]} == {"omniglot",
-                                                                                 "sine"}
+    assert {m["name"] for m in json.loads(capsys.readouterr().out)["models"]} == {
+        "omniglot",
+        "sine",
+    }
     assert main(["models", "--url", server.url]) == 1
     assert "401" in capsys.readouterr().err
 
@@ -140,20 +161,36 @@ def test_models_cli_asks_a_server(server: ServerProcess, capsys: pytest.CaptureF
 def test_serve_refuses_to_start_without_a_loadable_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 4)
     done = subprocess.run(
-        [sys.executable, "-m", "innerloop.cli", "serve", "--checkpoints", str(tmp_path),
-         "--port", "8999"], capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "innerloop.cli",
+            "serve",
+            "--checkpoints",
+            str(tmp_path),
+            "--port",
+            "8999",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 1
     assert "no checkpoint in" in done.stderr and "refusing to start" in done.stderr
     assert "bad.safetensors: " in done.stderr and "not a safetensors file" in done.stderr
 
 
-# ---- shutdown -------------------------------------------------------------------------------------
+# ---- shutdown ---------------------------------------------------------------------------------
 def _assert_all_gone(pids: set[int], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.2)
-    left = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:100]
-            for p in pids if alive(p)}
+    left = {
+        p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:100]
+        for p in pids
+        if alive(p)
+    }
     assert not left, f"processes left behind: {left}"
 
 

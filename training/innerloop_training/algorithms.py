@@ -6,7 +6,9 @@ functions the server calls; they differ only in what flows back to the meta-para
 - ``maml``: second order, the query loss is differentiated through every inner step;
 - ``fomaml``: inner gradients are detached, so only first-order terms reach the init;
 - ``metasgd``: MAML whose per-parameter step sizes are meta-parameters too;
-- ``reptile``: no query loss at all; the init moves towards the mean adapted parameters.
+- ``reptile``: no query loss at all; the init moves towards the mean adapted parameters;
+- ``leap``, ``warp``, ``warp-leap`` (trajectory-based: ``leap.py``, ``warpgrad.py``) and the
+  ``ft`` / ``no`` baselines (``baselines.py``), registered in :func:`build_algorithm`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from innerloop.adaptation import InnerLoop, Params, adapt, adapt_and_predict
 from innerloop.learner import Learner
 from innerloop_training.tasks import TaskBatch
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "leap", "warp", "warp-leap", "ft", "no")
 
 
 @dataclass(frozen=True)
@@ -195,4 +197,19 @@ def build_algorithm(
         return GradientMetaLearner(name, learner, replace(inner, first_order=True), outer)
     if name == "reptile":
         return Reptile(learner, replace(inner, first_order=True), outer)
+    # imported here: these modules build on MetaAlgorithm from this one
+    if name == "leap":
+        from innerloop_training.leap import Leap
+
+        return Leap(learner, replace(inner, first_order=True), outer)
+    if name in ("warp", "warp-leap"):
+        from innerloop_training.warpgrad import WarpGrad, WarpGradConfig
+
+        config = WarpGradConfig(learn_init=name == "warp-leap")
+        return WarpGrad(learner, replace(inner, first_order=True), outer, config, name=name)
+    if name in ("ft", "no"):
+        from innerloop_training.baselines import MultiHeadFineTuning, NoMetaTraining
+
+        baseline = MultiHeadFineTuning if name == "ft" else NoMetaTraining
+        return baseline(learner, replace(inner, first_order=True), outer)
     raise ValueError(f"algorithm {name!r} is not one of {ALGORITHMS}")

@@ -99,7 +99,7 @@ def build_learner(config: TrainConfig) -> Learner:
     )
 
 
-def build_sources(config: TrainConfig) -> tuple[TaskSource, TaskSource]:
+def build_sources(config: TrainConfig, train_seed: int) -> tuple[TaskSource, TaskSource]:
     """Training source (rotations as extra classes) and validation source (no rotations)."""
     common: dict[str, Any] = dict(
         ways=config.ways,
@@ -114,7 +114,7 @@ def build_sources(config: TrainConfig) -> tuple[TaskSource, TaskSource]:
     train = build_source(
         config.dataset,
         "train",
-        seed=config.seed,
+        seed=train_seed,
         rotations=config.rotations,
         unbalanced=config.unbalanced,
         **common,
@@ -173,11 +173,9 @@ class Trainer:
         )
         if config.resume and self.resume_path.exists():
             self._load_optimizer_state()
-        self.train_source, self.val_source = build_sources(config)
-        if self.start_step:  # a fresh, deterministic task stream for the resumed segment
-            self.train_source = build_sources(
-                TrainConfig(**{**asdict(config), "seed": config.seed + 7919 * self.start_step})
-            )[0]
+        # a resumed segment gets a fresh, deterministic task stream of its own
+        train_seed = config.seed + 7919 * self.start_step
+        self.train_source, self.val_source = build_sources(config, train_seed)
         self.val_batches = self.val_source.fixed(config.eval_episodes, seed=config.seed + 10_000)
         self.log_path = self.run_path / "metrics.jsonl"
 
