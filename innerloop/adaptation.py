@@ -144,7 +144,11 @@ def _update(
         second[k] = beta2 * second[k] + (1 - beta2) * grads[k] * grads[k]
         m_hat = first[k] / (1 - beta1**t)
         v_hat = second[k] / (1 - beta2**t)
-        updated[k] = p - step_sizes[k] * m_hat / (v_hat.sqrt() + loop.adam_eps)
+        # eps² inside the root: a parameter whose gradient is exactly 0 (a conv bias before
+        # group norm) has v_hat = 0, where sqrt's derivative is infinite and second-order
+        # MAML through Adam got NaN; the forward value changes by less than eps
+        denominator = (v_hat + loop.adam_eps**2).sqrt() + loop.adam_eps
+        updated[k] = p - step_sizes[k] * m_hat / denominator
     return updated
 
 

@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "innerloop_training.cli_evaluate",
         "evaluate a checkpoint on fixed, seeded episodes (accuracy or MSE, 95%% CI)",
     ),
+    "compare": (
+        "innerloop_training.cli_compare",
+        "compare meta-learners on Omniglot alphabets as tasks (accuracy vs pre-training size)",
+    ),
     "serve": ("innerloop_server.cli_serve", "serve checkpoints over HTTP"),
     "models": ("innerloop_server.cli_models", "list model cards of a folder or a running server"),
 }

@@ -147,8 +147,8 @@ class WarpLayer(nn.Module):
             inner.append(SampleGroupNorm(norm_groups, width))  # per sample: no query-batch stats
         last = square(3)
         with torch.no_grad():  # zero last layer: the residual branch starts at 0 (identity)
-            last.weight.zero_()
-            last.bias.zero_()
+            for tensor in last.parameters():
+                tensor.zero_()
         inner += [nn.ReLU(), last]
         return nn.Sequential(*inner)
 
@@ -160,8 +160,8 @@ class WarpLayer(nn.Module):
 def _identity_(layer: nn.Conv2d | nn.Linear) -> None:
     """Set a square linear layer or a same-channels conv to the identity map."""
     with torch.no_grad():
-        layer.weight.zero_()
-        layer.bias.zero_()
+        for tensor in layer.parameters():
+            tensor.zero_()
         if isinstance(layer, nn.Linear):
             layer.weight.copy_(torch.eye(layer.out_features))
         else:
@@ -179,8 +179,9 @@ def build_body(config: ArchConfig) -> nn.Sequential:
             layers += _conv_block(channels, config.filters, config.norm_groups)
             channels = config.filters
             if warp != "none":
-                layers.append(WarpLayer(warp, channels, spatial=True,
-                                        norm_groups=config.norm_groups))
+                layers.append(
+                    WarpLayer(warp, channels, spatial=True, norm_groups=config.norm_groups)
+                )
         layers.append(nn.Flatten())
         return nn.Sequential(*layers)
     widths = [config.in_features, *config.hidden]

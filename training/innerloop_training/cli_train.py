@@ -17,6 +17,7 @@ import torch
 
 from innerloop.adaptation import OPTIMIZERS
 from innerloop.learner import HEADS
+from innerloop.models import WARP_KINDS
 from innerloop_training.algorithms import ALGORITHMS
 from innerloop_training.data.registry import DATASETS, OMNIGLOT_SPLIT_SCHEMES
 from innerloop_training.trainer import TrainConfig, Trainer
@@ -30,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--algorithm",
         choices=ALGORITHMS,
         default=DEFAULTS.algorithm,
-        help="meta-learner: second-order MAML, first-order MAML, Meta-SGD or Reptile",
+        help="meta-learner: second-order MAML, first-order MAML, Meta-SGD, Reptile, Leap, "
+        "WarpGrad (warp; needs --warp), WarpGrad + Leap init (warp-leap), or the baselines "
+        "ft (multi-headed pre-training) and no (no meta-training: the random init)",
     )
     add("--dataset", choices=DATASETS, default=DEFAULTS.dataset, help="task source")
     add(
@@ -73,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--image-size", type=int, default=DEFAULTS.image_size, help="input side in pixels")
     add("--filters", type=int, default=DEFAULTS.filters, help="Conv4 filters per layer")
+    add(
+        "--warp",
+        choices=WARP_KINDS,
+        default=DEFAULTS.warp,
+        help="WarpGrad warp-layers after every adaptable block, held fixed by the inner loop: "
+        "linear (1x1 conv), conv (3x3 conv), residual (conv-norm-relu-conv + skip)",
+    )
     add(
         "--head",
         choices=[h for h in HEADS if h != "none"],

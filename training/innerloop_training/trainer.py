@@ -49,6 +49,7 @@ class TrainConfig:
     rotations: bool = True
     image_size: int = 28
     filters: int = 64
+    warp: str = "none"  # WarpGrad warp-layers: none | linear | conv | residual
     head: str = "proto"
     max_ways: int = 50
     inner_steps: int = 5
@@ -85,9 +86,11 @@ class TrainConfig:
 
 def build_learner(config: TrainConfig) -> Learner:
     if config.is_regression:
-        arch = ArchConfig(kind="mlp")
+        arch = ArchConfig(kind="mlp", warp=config.warp)
     else:
-        arch = ArchConfig(kind="conv4", image_size=config.image_size, filters=config.filters)
+        arch = ArchConfig(
+            kind="conv4", image_size=config.image_size, filters=config.filters, warp=config.warp
+        )
     inner = InnerDefaults(config.inner_steps, config.inner_lr, config.inner_optimizer)
     return Learner.create(
         arch,
