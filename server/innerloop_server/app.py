@@ -1,0 +1,208 @@
+"""Build and run the ``LitServer``: routes, middleware, metrics, shutdown.
+
+Routes:
+
+- ``POST /v1/predict``: adapt and predict (:mod:`innerloop_server.api`);
+- ``GET /v1/models``: the served models' cards (:func:`~innerloop_server.registry.summarize_card`);
+- ``GET /health``: 200 ``ok`` once every worker has loaded its models (open even with an API key);
+- ``GET /metrics``: Prometheus text, summed over the HTTP and worker processes;
+- ``GET /docs``, ``/openapi.json``: the schema; ``GET /info``: LitServe's server info.
+
+Shutdown: SIGTERM is turned into the SIGINT path (LitServe 0.2.19 otherwise exits its main
+process only and leaves workers answering), and any child process still alive afterwards is
+terminated, so ``docker stop`` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import litserve as ls
+import torch
+from fastapi import Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from innerloop_server import logs
+from innerloop_server.api import API_PATH, InnerloopAPI
+from innerloop_server.errors import validation_detail
+from innerloop_server.limits import Limits
+from innerloop_server.metrics import cleanup, enable_multiprocess, render
+from innerloop_server.middleware import (
+    ApiKeyMiddleware,
+    BodySizeMiddleware,
+    OverloadMiddleware,
+    RequestLogMiddleware,
+)
+from innerloop_server.registry import Registry, summarize_card
+
+FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+
+
+@dataclass
+class ServerConfig:
+    """How to serve; the request bounds live in :class:`~innerloop_server.limits.Limits`."""
+
+    limits: Limits
+    device: str = "auto"  # auto | cpu | cuda
+    workers: int = 1  # inference workers per device
+    api_key: str | None = None
+    max_batch_size: int = 16
+    batch_timeout: float = 0.005
+    timeout: float = 30.0  # seconds a request may wait in the queue before 504
+    threads: int | None = None  # torch threads per worker
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; ``cuda`` without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but torch sees no CUDA GPU")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, not {device!r}")
+    return device
+
+
+def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
+    accelerator = resolve_device(config.device)
+    api = InnerloopAPI(
+        [m.path for m in registry.models.values()],
+        config.limits,
+        max_batch_size=config.max_batch_size,
+        batch_timeout=config.batch_timeout,
+        threads=config.threads,
+    )
+    server = ls.LitServer(
+        api,
+        accelerator=accelerator,
+        # torch's count, not LitServe's "auto" (which asks nvidia-smi, absent in many images)
+        devices=torch.cuda.device_count() if accelerator == "cuda" else 1,
+        workers_per_device=config.workers,
+        timeout=config.timeout,
+        max_payload_size=int(config.limits.max_body_bytes),
+        model_metadata={"models": registry.names, "default": registry.default},
+    )
+    app = server.app
+    models = {
+        "default": registry.default,
+        "models": [
+            summarize_card(m.name, m.card, config.limits, m.name == registry.default)
+            for m in registry.models.values()
+        ],
+    }
+
+    @app.get("/v1/models", tags=["models"], summary="Cards of the models this server serves")
+    async def list_models() -> dict[str, Any]:
+        return models
+
+    @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        body, content_type = render()
+        return Response(body, media_type=content_type)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_detail(error.errors()), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 400 and error.detail == FASTAPI_PARSE_ERROR:
+            # json.loads raised something other than JSONDecodeError (e.g. an integer literal
+            # with more than 4300 digits): say which field, like every other error
+            return JSONResponse(
+                {
+                    "detail": "body: could not be parsed as JSON (malformed, or "
+                    "a number with more than 4300 digits)"
+                },
+                status_code=400,
+            )
+        return await http_exception_handler(request, error)
+
+    # added last = outermost: log -> API key -> body size -> overload -> LitServe's own
+    in_flight = multiprocessing.Value("i", 0)  # shared by the forked HTTP processes
+    app.add_middleware(
+        OverloadMiddleware,
+        counter=in_flight,
+        max_in_flight=config.limits.max_in_flight,
+        path=API_PATH,
+    )
+    app.add_middleware(BodySizeMiddleware, max_bytes=config.limits.max_body_bytes)
+    if config.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
+    app.add_middleware(RequestLogMiddleware)
+    return server
+
+
+class _Terminated:
+    """SIGTERM handler: behave like Ctrl+C once; ignore repeats while shutting down."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.pid = os.getpid()
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:
+            # a forked child (uvicorn re-raises the signal after its own graceful shutdown):
+            # die of it the default way instead of raising KeyboardInterrupt there
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.seen:
+            return
+        self.seen = True
+        logs.event("signal", signal="SIGTERM", action="shutting down")
+        raise KeyboardInterrupt
+
+
+def terminate_children(grace_s: float = 5.0) -> None:
+    """Terminate (then kill) any child process LitServe left running."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(grace_s)
+        if child.is_alive():
+            child.kill()
+            child.join(1.0)
+
+
+def serve(
+    registry: Registry, config: ServerConfig, host: str, port: int, log_level: str = "info"
+) -> int:
+    """Run until SIGINT/SIGTERM; returns the exit status."""
+    folder, created = enable_multiprocess()  # before any worker process starts
+    previous = signal.signal(signal.SIGTERM, _Terminated())
+    try:
+        server = build_server(registry, config)
+        logs.event(
+            "starting",
+            host=host,
+            port=port,
+            models=registry.names,
+            default=registry.default,
+            device=resolve_device(config.device),
+            workers=config.workers,
+            max_batch_size=config.max_batch_size,
+            batch_timeout=config.batch_timeout,
+            api_key=bool(config.api_key),
+            skipped=registry.skipped,
+        )
+        server.run(
+            host=host, port=port, generate_client_file=False, log_level=log_level, access_log=False
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        terminate_children()
+        signal.signal(signal.SIGTERM, previous)
+        cleanup(folder, created)
+        logs.event("stopped")
+    return 0

@@ -1,0 +1,170 @@
+"""Serve checkpoints over HTTP: POST /v1/predict, GET /v1/models, /health, /metrics, /docs.
+
+Every ``*.safetensors`` file in the checkpoints folder is served under its file name (without
+the extension); a file that fails to load is reported and skipped, and the server refuses to
+start when none loads. Requests are batched across clients: compatible requests (same model,
+steps and lr) share one adaptation call. Every request bound has a ``--max-...`` flag. With an
+API key (``--api-key`` or ``INNERLOOP_API_KEY``) every path except ``/health`` needs
+``X-API-Key: KEY`` or ``Authorization: Bearer KEY``. SIGTERM and Ctrl+C both stop every process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from innerloop_server.limits import add_limit_arguments, limits_from_args
+
+API_KEY_ENV = "INNERLOOP_API_KEY"
+CHECKPOINTS_ENV = "INNERLOOP_CHECKPOINTS"
+
+
+def default_checkpoints() -> Path:
+    """``$INNERLOOP_CHECKPOINTS``, else the repository's ``checkpoints/`` (next to the source
+    tree), else ``./checkpoints``."""
+    if os.environ.get(CHECKPOINTS_ENV):
+        return Path(os.environ[CHECKPOINTS_ENV])
+    shipped = Path(__file__).resolve().parents[2] / "checkpoints"
+    if shipped.is_dir():
+        return shipped
+    return Path.cwd() / "checkpoints"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of *.safetensors checkpoints (default: $INNERLOOP_CHECKPOINTS, "
+        "else the repository's checkpoints/, else ./checkpoints)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        choices=["127.0.0.1", "0.0.0.0", "::"],
+        help="interface to listen on; 0.0.0.0 in a container (default: %(default)s)",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where adaptation runs; auto = cuda when available (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="inference worker processes per device (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads per worker (default: torch's choice)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help=f"require this key on every path but /health (default: "
+        f"${API_KEY_ENV} if set, else no key)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="most requests a worker adapts together; 1 = no batching (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-timeout",
+        type=float,
+        default=0.005,
+        metavar="S",
+        help="seconds a worker waits for more requests to batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds a request may wait in the queue before 504 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="(default: %(default)s)",
+    )
+    add_limit_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from innerloop_server import logs
+    from innerloop_server.registry import Registry
+
+    logs.configure(args.log_level)
+    try:
+        limits = limits_from_args(args)
+    except ValueError as error:
+        print(f"innerloop serve: {error}", file=sys.stderr)
+        return 2
+    for name in ("workers", "max_batch_size"):
+        if getattr(args, name) < 1:
+            print(
+                f"innerloop serve: --{name.replace('_', '-')} must be at least 1", file=sys.stderr
+            )
+            return 2
+    if args.batch_timeout < 0 or args.timeout <= 0:
+        print("innerloop serve: --batch-timeout must be >= 0 and --timeout > 0", file=sys.stderr)
+        return 2
+    folder = args.checkpoints or default_checkpoints()
+    if not folder.is_dir():
+        print(
+            f"innerloop serve: checkpoints folder {folder} does not exist (pass --checkpoints DIR)",
+            file=sys.stderr,
+        )
+        return 1
+    registry = Registry.from_folder(folder)
+    if not registry.models:
+        print(
+            f"innerloop serve: no checkpoint in {folder} could be loaded; refusing to start.",
+            file=sys.stderr,
+        )
+        if not registry.skipped:
+            print(
+                f"  (no *.safetensors files in {folder}; train one with `innerloop train`)",
+                file=sys.stderr,
+            )
+        for name, reason in registry.skipped.items():
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+
+    from innerloop_server.app import ServerConfig, resolve_device, serve
+
+    config = ServerConfig(
+        limits=limits,
+        device=args.device,
+        workers=args.workers,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+        timeout=args.timeout,
+        threads=args.threads,
+    )
+    try:
+        resolve_device(config.device)
+    except ValueError as error:
+        print(f"innerloop serve: {error}", file=sys.stderr)
+        return 1
+    try:
+        return serve(registry, config, args.host, args.port, args.log_level)
+    except (RuntimeError, ValueError, OSError) as error:
+        print(f"innerloop serve: {error}", file=sys.stderr)
+        return 1

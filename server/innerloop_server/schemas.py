@@ -1,0 +1,98 @@
+"""The HTTP contract v1 as pydantic models: what ``/docs`` shows and FastAPI validates.
+
+Requests are validated **strictly** in the HTTP process, before anything is queued: ``"steps":
+false`` or ``"steps": "5"`` is a 422, not 0 or 5; unknown fields are rejected (a typo such as
+``"step"`` would otherwise be ignored silently); NaN and infinity (which Python's JSON parser
+accepts as ``NaN``/``Infinity`` literals) are rejected. Checks that need the model's card
+(image vs vector input, vector length, ways) and the configurable limits happen in
+:mod:`innerloop_server.decoding`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Label = str | int
+"""A class label, returned exactly as given (a string or an integer)."""
+
+Input = str | list[float]
+"""A base64 image (``data:image/png;base64,...`` allowed) or a vector of numbers."""
+
+Target = str | int | float | list[float]
+"""A class label (classification) or a number or vector of numbers (regression)."""
+
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class SupportItem(BaseModel):
+    """One labelled example of the task."""
+
+    model_config = _STRICT
+
+    x: Input = Field(description="Base64 image (image models) or list of numbers (vector models).")
+    y: Target = Field(description="Class label (string or integer) or regression target(s).")
+
+
+class PredictRequest(BaseModel):
+    """``POST /v1/predict``: adapt to ``support``, then predict ``query``."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "omniglot",
+                    "support": [
+                        {"x": "data:image/png;base64,iVBORw0...", "y": "a"},
+                        {"x": "data:image/png;base64,iVBORw0...", "y": "b"},
+                    ],
+                    "query": ["data:image/png;base64,iVBORw0..."],
+                    "steps": 5,
+                    "lr": 0.4,
+                    "top_k": 5,
+                }
+            ]
+        },
+    )
+
+    model: str | None = Field(None, description="Model name; the server's default if omitted.")
+    support: list[SupportItem] = Field(description="The labelled examples to adapt on.")
+    query: list[Input] = Field(description="Inputs to predict, answered in order.")
+    steps: int | None = Field(
+        None, description="Inner-loop steps (the model's default if omitted)."
+    )
+    lr: float | None = Field(
+        None, description="Inner-loop step size (the model's default if omitted)."
+    )
+    top_k: int | None = Field(None, description="Return only the k most likely labels' scores.")
+
+
+class ClassPrediction(BaseModel):
+    label: Label = Field(description="The most likely label, as given in the support set.")
+    scores: dict[str, float] = Field(
+        description="Probability per label (keys are the labels as strings), most likely first."
+    )
+
+
+class RegressionPrediction(BaseModel):
+    y: list[float]
+
+
+class Adaptation(BaseModel):
+    steps: int
+    lr: float
+    support_loss: list[float] = Field(description="Support loss [before, after] adaptation.")
+    ms: float = Field(description="Milliseconds spent in the inner loop and prediction.")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    task: str = Field(description="classification or regression")
+    predictions: list[ClassPrediction | RegressionPrediction]
+    adaptation: Adaptation
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="'<field>: <what is wrong and what is allowed>'")
