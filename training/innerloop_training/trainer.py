@@ -7,6 +7,7 @@ state (learner + outer optimiser) every ``checkpoint_every`` steps and on ``--ma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shlex
@@ -82,6 +83,25 @@ class TrainConfig:
     @property
     def is_regression(self) -> bool:
         return self.dataset in ("sine", "logistic")
+
+
+def describe_hardware() -> str:
+    """What trained it, for the card: results are only comparable on like hardware."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"CPU {cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def display_command(argv: list[str]) -> str:
+    """The command as a user would retype it: ``innerloop train ...`` rather than the absolute
+    path of the console script (or of ``innerloop/cli.py`` under ``python -m``)."""
+    if argv and Path(argv[0]).name in ("innerloop", "cli.py"):
+        argv = ["innerloop", *argv[1:]]
+    return shlex.join(argv)
 
 
 def build_learner(config: TrainConfig) -> Learner:
@@ -242,12 +262,11 @@ class Trainer:
         training = {
             "algorithm": self.config.algorithm,
             "config": asdict(self.config),
-            "command": shlex.join(self.config.command),
+            "command": display_command(self.config.command),
             "seed": self.config.seed,
             "meta_steps_done": steps_done,
             "seconds": round(self._seconds(started), 1),
-            "hardware": f"{platform.machine()} {platform.processor() or ''} "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads".strip(),
+            "hardware": describe_hardware(),
             "data": self.train_source.describe(),
         }
         evaluation = {"validation": validation.to_dict()}
