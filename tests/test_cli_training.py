@@ -136,6 +136,29 @@ def test_omniglot_train_and_evaluate_on_held_out_alphabets(tmp_path: Path) -> No
     result = json.loads(evaluated.stdout)
     assert result["ways"] == 4 and result["shots"] == 1 and result["episodes"] == 5
     assert 0.0 <= result["accuracy"] <= 1.0 and result["split"] == "test"
+    grid = innerloop(
+        "evaluate",
+        str(out),
+        "--ways",
+        "2",
+        "4",
+        "--shots",
+        "1",
+        "2",
+        "--episodes",
+        "3",
+        "--json",
+        "--record",
+        "--plot",
+        str(tmp_path / "grid.png"),
+        cwd=tmp_path,
+    )
+    assert grid.returncode == 0, grid.stderr
+    rows = [json.loads(line) for line in grid.stdout.splitlines() if line.startswith("{")]
+    assert [(r["ways"], r["shots"]) for r in rows] == [(2, 1), (2, 2), (4, 1), (4, 2)]
+    assert (tmp_path / "grid.png").stat().st_size > 5_000
+    recorded = read_card(out)["evaluation"]
+    assert {"omniglot/test/2way1shot", "omniglot/test/4way2shot"} <= set(recorded)
 
 
 def test_evaluate_refuses_a_corrupt_checkpoint_with_a_message(tmp_path: Path) -> None:

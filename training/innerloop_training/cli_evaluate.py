@@ -7,6 +7,9 @@ the same call the server makes, so this is the accuracy users get over HTTP.
 
 Example: innerloop evaluate checkpoints/omniglot.safetensors --dataset omniglot --ways 20 \\
          --shots 1 --episodes 600
+
+Several --ways and --shots values evaluate every combination (one line, or one JSON line, each);
+--plot draws accuracy against ways, one line per shots value, with 95% confidence bands.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from innerloop.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from innerloop.learner import Learner
 from innerloop_training.data.registry import DATASETS, OMNIGLOT_SPLIT_SCHEMES
-from innerloop_training.evaluation import evaluate_learner
+from innerloop_training.evaluation import EvaluationResult, evaluate_learner
 from innerloop_training.sources import build_source
 
 EVAL_SEED = 2024
@@ -51,8 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Omniglot class split (default: the checkpoint's)",
     )
     add("--split-seed", type=int, default=None, help="class split seed (default: the checkpoint's)")
-    add("--ways", type=int, default=5, help="classes per episode (N)")
-    add("--shots", type=int, default=1, help="support examples per class (K) or support points")
+    add(
+        "--ways",
+        type=int,
+        nargs="+",
+        default=[5],
+        help="classes per episode (N); several values evaluate each",
+    )
+    add(
+        "--shots",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="support examples per class (K) or support points; several values evaluate each",
+    )
     add(
         "--queries",
         type=int,
@@ -72,6 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also store the result in the checkpoint card's evaluation section",
     )
     add("--threads", type=int, default=None, help="torch CPU threads")
+    add(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="draw accuracy (or MSE) against ways, one line per shots value, into this file",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,34 +106,67 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as error:
         print(f"innerloop evaluate: {error}")
         return 2
-    trained = card.get("training", {}).get("config", {})
-    dataset = args.dataset or trained.get("dataset")
+    dataset = args.dataset or card.get("training", {}).get("config", {}).get("dataset")
     if dataset is None:
         print("innerloop evaluate: the checkpoint does not say its dataset; pass --dataset")
         return 2
     regression = learner.task == "regression"
+    grid = (
+        [(None, shots) for shots in args.shots]
+        if regression
+        else [(ways, shots) for ways in args.ways for shots in args.shots]
+    )
+    results: list[EvaluationResult] = []
+    for ways, shots in grid:
+        try:
+            result = _evaluate_one(learner, card, dataset, args, ways, shots)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"innerloop evaluate: {error}")
+            return 2
+        results.append(result)
+        if args.json:
+            print(json.dumps(result.to_dict()), flush=True)
+        else:
+            what = "regression" if regression else f"{ways}-way {shots}-shot"
+            print(f"{card['name']} on {dataset} {args.split}, {what}: {result.summary()}")
+        if args.record:
+            key = "regression" if regression else f"{ways}way{shots}shot"
+            card.setdefault("evaluation", {})[f"{dataset}/{args.split}/{key}"] = result.to_dict()
+            save_checkpoint(learner, args.checkpoint, card)
+    if args.plot:
+        from innerloop_training.plots import plot_ways_and_shots
+
+        title = f"{card['name']} on {dataset} ({args.split} split, {args.episodes} episodes each)"
+        print(f"wrote {plot_ways_and_shots(results, Path(args.plot), title)}")
+    return 0
+
+
+def _evaluate_one(
+    learner: Learner,
+    card: dict[str, Any],
+    dataset: str,
+    args: argparse.Namespace,
+    ways: int | None,
+    shots: int,
+) -> EvaluationResult:
+    trained = card.get("training", {}).get("config", {})
+    regression = ways is None
     queries = args.queries if args.queries is not None else (100 if regression else 15)
-    try:
-        source = build_source(
-            dataset,
-            args.split,
-            ways=args.ways,
-            shots=args.shots,
-            queries=queries,
-            seed=args.seed,
-            data_root=args.data_root,
-            path=args.path,
-            image_size=learner.arch.image_size,
-            unbalanced=args.unbalanced,
-            split_scheme=args.split_scheme or trained.get("split_scheme", "alphabets"),
-            split_seed=args.split_seed
-            if args.split_seed is not None
-            else trained.get("split_seed", 0),
-        )
-        batches = source.fixed(args.episodes, seed=args.seed, chunk=args.chunk)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"innerloop evaluate: {error}")
-        return 2
+    source = build_source(
+        dataset,
+        args.split,
+        ways=ways or 1,
+        shots=shots,
+        queries=queries,
+        seed=args.seed,
+        data_root=args.data_root,
+        path=args.path,
+        image_size=learner.arch.image_size,
+        unbalanced=args.unbalanced,
+        split_scheme=args.split_scheme or trained.get("split_scheme", "alphabets"),
+        split_seed=args.split_seed if args.split_seed is not None else trained.get("split_seed", 0),
+    )
+    batches = source.fixed(args.episodes, seed=args.seed, chunk=args.chunk)
     started = time.monotonic()
     result = evaluate_learner(
         learner, batches, steps=args.steps, lr=args.lr, progress=not args.json
@@ -117,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
     result.settings = {
         "dataset": dataset,
         "split": args.split,
-        "ways": None if regression else args.ways,
-        "shots": args.shots,
+        "ways": ways,
+        "shots": shots,
         "queries": queries,
         "unbalanced": args.unbalanced,
         "seed": args.seed,
@@ -126,13 +183,4 @@ def run(args: argparse.Namespace) -> int:
         "lr": args.lr if args.lr is not None else learner.inner.lr,
         "seconds": round(time.monotonic() - started, 2),
     }
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        what = "regression" if regression else f"{args.ways}-way {args.shots}-shot"
-        print(f"{card['name']} on {dataset} {args.split}, {what}: {result.summary()}")
-    if args.record:
-        key = "regression" if regression else f"{args.ways}way{args.shots}shot"
-        card.setdefault("evaluation", {})[f"{dataset}/{args.split}/{key}"] = result.to_dict()
-        save_checkpoint(learner, args.checkpoint, card)
-    return 0
+    return result

@@ -13,6 +13,7 @@ from innerloop.learner import Learner
 from innerloop_training.data.regression import RegressionTaskFamily
 
 if TYPE_CHECKING:
+    from innerloop_training.evaluation import EvaluationResult
     from innerloop_training.trainer import Trainer
 
 
@@ -105,6 +106,49 @@ def plot_regression_adaptation(
         )
         ax.set(xlabel="x", ylabel="y")
     axes[0][0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _setting(result: EvaluationResult, key: str) -> int:
+    value = result.settings.get(key)
+    return value if isinstance(value, int) else 1
+
+
+def plot_ways_and_shots(results: list[EvaluationResult], out: Path, title: str) -> Path:
+    """Mean score against ways, one line per shots value, 95% CI as a band: how far one
+    checkpoint stretches (it serves any N up to its ``max_ways``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    metric = results[0].metric if results else "accuracy"
+    for shots in sorted({_setting(r, "shots") for r in results}):
+        rows = sorted(
+            (_setting(r, "ways"), r.mean, r.ci95) for r in results if r.settings["shots"] == shots
+        )
+        ways, means, cis = (np.array(column, dtype=float) for column in zip(*rows, strict=True))
+        scale = 100.0 if metric == "accuracy" else 1.0
+        ax.plot(ways, means * scale, marker="o", label=f"{shots}-shot")
+        ax.fill_between(ways, (means - cis) * scale, (means + cis) * scale, alpha=0.2)
+        for w, m in zip(ways, means, strict=True):
+            ax.annotate(
+                f"{m * scale:.1f}",
+                (w, m * scale),
+                fontsize=7,
+                xytext=(3, 4),
+                textcoords="offset points",
+            )
+    ax.set_xscale("log")
+    ticks = sorted({_setting(r, "ways") for r in results})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set(
+        xlabel="ways (classes per task)",
+        ylabel="query accuracy (%)" if metric == "accuracy" else metric,
+        title=title,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
