@@ -87,7 +87,7 @@ def plot_regression_adaptation(
             xs,
             adapted.outputs[i, :, 0].numpy(),
             color="tab:red",
-            label=f"after {learner.inner.steps} steps",
+            label=f"after {learner.inner.steps} step{'s' if learner.inner.steps != 1 else ''}",
         )
         if other is not None:
             ax.plot(
