@@ -156,6 +156,11 @@ def summarize_card(
             **(card.get("inner_loop") or {}),
             "learned_step_sizes": (card.get("adaptation") or {}).get("learned_step_sizes", False),
         },
+        # WarpGrad: warp-layers are meta-learned but held fixed while a request adapts
+        "adaptation": {
+            "warp": (card.get("architecture") or {}).get("warp", "none"),
+            "frozen": list((card.get("adaptation") or {}).get("frozen", [])),
+        },
         "trained_on": training.get("data"),
         "training": {
             k: training[k]
