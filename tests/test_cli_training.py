@@ -76,6 +76,14 @@ def test_sine_train_resume_evaluate_and_record(tmp_path: Path) -> None:
     assert "--resume" in card["training"]["command"]
     assert (tmp_path / "runs/sine/training_curve.png").stat().st_size > 1000
     assert (tmp_path / "runs/sine/adaptation.png").stat().st_size > 1000
+    assert card["training"]["command"].startswith("innerloop train")
+
+    # a fresh run in the same run folder starts a fresh log, not a curve of two runs
+    again = innerloop(*common, "--meta-steps", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    log = (tmp_path / "runs/sine/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2]
+    innerloop(*common, "--meta-steps", "6", cwd=tmp_path)  # ... to be evaluated below
 
     evaluated = innerloop(
         "evaluate", str(out), "--shots", "5", "--episodes", "8", "--json", "--record", cwd=tmp_path

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -202,6 +202,21 @@ class Trainer:
         self.val_batches = self.val_source.fixed(config.eval_episodes, seed=config.seed + 10_000)
         self.log_path = self.run_path / "metrics.jsonl"
 
+    def _open_log(self) -> TextIO:
+        """A fresh run starts a fresh log (no curve mixing two runs); a resumed one keeps the
+        lines up to its saved step, since the steps logged after the last save are redone."""
+        if self.start_step == 0 or not self.log_path.exists():
+            return self.log_path.open("w")
+        kept: list[str] = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                if int(json.loads(line)["step"]) <= self.start_step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short when the previous run was killed
+        self.log_path.write_text("".join(kept))
+        return self.log_path.open("a")
+
     def run(self) -> Path:
         """Train until ``meta_steps``, ``--max-minutes``, or SIGINT/SIGTERM; then save."""
         config = self.config
@@ -217,7 +232,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         done = self.start_step
-        with self.log_path.open("a") as log, _stop_requests() as stop:
+        with self._open_log() as log, _stop_requests() as stop:
             while done < config.meta_steps and not stop:
                 warm = done < config.first_order_warmup
                 self.algorithm.loop = first_order_loop if warm else second_order_loop
