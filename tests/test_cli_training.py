@@ -175,3 +175,72 @@ def test_evaluate_refuses_a_corrupt_checkpoint_with_a_message(tmp_path: Path) ->
     result = innerloop("evaluate", str(bad), "--dataset", "sine", cwd=tmp_path)
     assert result.returncode == 2
     assert "bad.safetensors" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_init_warm_starts_from_a_checkpoint_and_keeps_its_history(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    sine = ["--dataset", "sine", "--shots", "5", "--queries", "5", "--inner-steps", "1"]
+    small = ["--meta-batch", "2", "--eval-episodes", "2", "--inner-lr", "0.01"]
+    first = tmp_path / "first.safetensors"
+    made = innerloop(
+        "train",
+        "--algorithm",
+        "maml",
+        *sine,
+        *small,
+        "--meta-steps",
+        "3",
+        "--out",
+        str(first),
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stderr
+    # an outer step size of zero leaves the warm start untouched: the init must be copied exactly
+    second = tmp_path / "second.safetensors"
+    warm = innerloop(
+        "train",
+        "--algorithm",
+        "maml",
+        *sine,
+        *small,
+        "--meta-steps",
+        "1",
+        "--outer-lr",
+        "0",
+        "--init",
+        str(first),
+        "--out",
+        str(second),
+        "--seed",
+        "5",
+        cwd=tmp_path,
+    )
+    assert warm.returncode == 0, warm.stderr
+    before, after = load_file(str(first)), load_file(str(second))
+    assert before.keys() == after.keys()
+    assert all(bool((before[k] == after[k]).all()) for k in before)
+    history = read_card(second)["training"]["init"]
+    assert history["name"] == "first" and history["meta_steps_done"] == 3
+    assert history["command"].startswith("innerloop train --algorithm maml")
+
+    # a checkpoint of another model is refused with a message, not a stack trace
+    other = innerloop(
+        "train",
+        "--algorithm",
+        "warp",
+        "--warp",
+        "linear",
+        *sine,
+        *small,
+        "--meta-steps",
+        "1",
+        "--init",
+        str(first),
+        "--out",
+        str(tmp_path / "third.safetensors"),
+        cwd=tmp_path,
+    )
+    assert other.returncode == 2
+    assert "--init" in other.stdout and "does not match" in other.stdout
+    assert "Traceback" not in other.stderr

@@ -156,6 +156,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", default=DEFAULTS.out, help="checkpoint to write (.safetensors)")
     add("--run-dir", default=None, help="logs, plots and resume state (default: runs/NAME)")
     add("--resume", action="store_true", help="continue from RUN_DIR/resume.safetensors")
+    add(
+        "--init",
+        default=None,
+        help="start from this checkpoint's meta-parameters (same model; fresh outer optimiser); "
+        "its training record is kept in the new card",
+    )
     add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 

@@ -70,6 +70,7 @@ class TrainConfig:
     out: str = "checkpoints/model.safetensors"
     run_dir: str | None = None
     resume: bool = False
+    init: str | None = None  # start from this checkpoint's meta-parameters (warm start)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     @property
@@ -185,8 +186,11 @@ class Trainer:
         self.learner = build_learner(config)
         self.start_step = 0
         self.seconds_before = 0.0
+        self.init_history: dict[str, Any] | None = None
         if config.resume and self.resume_path.exists():
             self._load_resume()
+        elif config.init:
+            self.init_history = self._load_init(Path(config.init))
         loop = InnerLoop(config.inner_steps, config.inner_optimizer, config.first_order)
         self.algorithm = build_algorithm(
             config.algorithm,
@@ -284,6 +288,8 @@ class Trainer:
             "hardware": describe_hardware(),
             "data": self.train_source.describe(),
         }
+        if self.init_history is not None:
+            training["init"] = self.init_history
         evaluation = {"validation": validation.to_dict()}
         return build_card(
             self.learner, self.config.name, {"training": training, "evaluation": evaluation}
@@ -293,7 +299,13 @@ class Trainer:
         card = build_card(
             self.learner,
             self.config.name,
-            {"training": {"resume_step": steps_done, "seconds": self._seconds(started)}},
+            {
+                "training": {
+                    "resume_step": steps_done,
+                    "seconds": self._seconds(started),
+                    "init": self.init_history,
+                }
+            },
         )
         save_checkpoint(self.learner, self.resume_path, card)
         state = self.algorithm.optimizer.state_dict()
@@ -307,12 +319,42 @@ class Trainer:
             metadata={"param_groups": json.dumps(state["param_groups"])},
         )
 
+    def _load_init(self, path: Path) -> dict[str, Any]:
+        """Warm start: take a checkpoint's meta-parameters (a fresh outer optimiser).
+
+        This is how a finished run continues under a new schedule (a lower outer step size,
+        second order after first order) when its resume state is gone. The checkpoint must
+        have the architecture and head this run would build; its training record is kept in
+        the new card, so the whole history of a shipped model stays readable.
+        """
+        learner, card = load_checkpoint(path)
+        mine = self.learner
+        if learner.arch != mine.arch or learner.head != mine.head or learner.task != mine.task:
+            raise ValueError(
+                f"--init {path}: its model ({learner.arch.kind}, head {learner.head}, "
+                f"warp {learner.arch.warp}) does not match this run's ({mine.arch.kind}, head "
+                f"{mine.head}, warp {mine.arch.warp}); pass the same --filters/--warp/--head"
+            )
+        if set(learner.params) != set(mine.params):
+            raise ValueError(f"--init {path}: its parameters do not match this model's")
+        mine.params = {name: learner.params[name] for name in mine.params}
+        if set(learner.step_sizes) == set(mine.step_sizes):
+            mine.step_sizes = {name: learner.step_sizes[name] for name in mine.step_sizes}
+        training = card.get("training", {})
+        history = {
+            key: training[key]
+            for key in ("algorithm", "command", "meta_steps_done", "seconds", "hardware", "init")
+            if key in training
+        }
+        return {"path": str(path), "name": card.get("name"), **history}
+
     def _load_resume(self) -> None:
         learner, card = load_checkpoint(self.resume_path)
         self.learner.params = learner.params
         self.learner.step_sizes = learner.step_sizes
         self.start_step = int(card["training"]["resume_step"])
         self.seconds_before = float(card["training"]["seconds"])
+        self.init_history = card["training"].get("init")
 
     def _load_optimizer_state(self) -> None:
         path = self.run_path / "resume.optimizer.safetensors"
