@@ -27,9 +27,16 @@ from innerloop.checkpoint import load_checkpoint, read_card
 from innerloop.learner import Learner
 
 SHIPPED = REPO / "checkpoints"
-EXPECTED = {"omniglot", "sine", "logistic"}
-# 5-way 1-shot accuracy floor on 100 fixed test episodes of classes never trained on
-ACCURACY_FLOORS = {"omniglot": 0.95, "quickdraw": 0.60}
+EXPECTED = {"omniglot", "quickdraw", "omniglot-leap", "omniglot-warpgrad", "sine", "logistic"}
+# 5-way 1-shot accuracy floor on 100 fixed test episodes of classes never trained on: a few
+# points under each model's 600-episode result in the README (Leap and WarpGrad learn inits for
+# long adaptation, so at few steps they sit well below the MAML-family model)
+ACCURACY_FLOORS = {
+    "omniglot": 0.95,
+    "quickdraw": 0.55,
+    "omniglot-leap": 0.75,
+    "omniglot-warpgrad": 0.60,
+}
 # regression: MSE after 10 steps from 10 points must beat the untrained network by this factor
 REGRESSION_GAIN = 5.0
 needs_data = pytest.mark.skipif(default_data_root() is None, reason="shared data is absent")
@@ -81,7 +88,7 @@ def test_reaches_its_floor_on_unseen_tasks(name: str) -> None:
             split_seed=config.get("split_seed", 0),
         )
         result = evaluate_learner(learner, source.fixed(100, seed=11, chunk=25))
-        assert result.mean >= ACCURACY_FLOORS[dataset], result.summary()
+        assert result.mean >= ACCURACY_FLOORS[name], result.summary()
         return
     source = build_source(dataset, "test", ways=1, shots=10, queries=50, seed=11)
     batches = source.fixed(100, seed=11)
@@ -155,7 +162,7 @@ def test_served_predictions_are_right(server: ServerProcess, name: str) -> None:
             labels = [p["label"] for p in response.json()["predictions"]]
             truth = [names[int(y)] for y in batch.query_y[task].tolist()]
             correct += [a == b for a, b in zip(labels, truth, strict=True)]
-    assert np.mean(correct) >= ACCURACY_FLOORS[_dataset(card)] - 0.15
+    assert np.mean(correct) >= ACCURACY_FLOORS[name] - 0.15
 
 
 def _check_regression(server: ServerProcess, name: str, learner: Learner) -> None:

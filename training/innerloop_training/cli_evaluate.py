@@ -89,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also store the result in the checkpoint card's evaluation section",
     )
+    add(
+        "--untrained",
+        action="store_true",
+        help="evaluate the no-meta-training baseline instead: the same architecture, head and "
+        "inner loop from a random init (seeded as the checkpoint's run); --record stores it "
+        "as KEY/untrained, beside the checkpoint's own result",
+    )
     add("--threads", type=int, default=None, help="torch CPU threads")
     add(
         "--plot",
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         print("innerloop evaluate: the checkpoint does not say its dataset; pass --dataset")
         return 2
     regression = learner.task == "regression"
+    evaluated = untrained_twin(learner, card) if args.untrained else learner
     grid = (
         [(None, shots) for shots in args.shots]
         if regression
@@ -119,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[EvaluationResult] = []
     for ways, shots in grid:
         try:
-            result = _evaluate_one(learner, card, dataset, args, ways, shots)
+            result = _evaluate_one(evaluated, card, dataset, args, ways, shots)
         except (ValueError, FileNotFoundError) as error:
             print(f"innerloop evaluate: {error}")
             return 2
@@ -128,17 +136,31 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_dict()), flush=True)
         else:
             what = "regression" if regression else f"{ways}-way {shots}-shot"
+            what += " (untrained baseline)" if args.untrained else ""
             print(f"{card['name']} on {dataset} {args.split}, {what}: {result.summary()}")
         if args.record:
             key = "regression" if regression else f"{ways}way{shots}shot"
+            key += "/untrained" if args.untrained else ""
             card.setdefault("evaluation", {})[f"{dataset}/{args.split}/{key}"] = result.to_dict()
             save_checkpoint(learner, args.checkpoint, card)
     if args.plot:
         from innerloop_training.plots import plot_ways_and_shots
 
-        title = f"{card['name']} on {dataset} ({args.split} split, {args.episodes} episodes each)"
+        title = f"{card['name']}: {dataset} {args.split} split, {args.episodes} episodes each"
         print(f"wrote {plot_ways_and_shots(results, Path(args.plot), title)}")
     return 0
+
+
+def untrained_twin(learner: Learner, card: dict[str, Any]) -> Learner:
+    """The checkpoint's model before any meta-training: what meta-learning is measured against.
+
+    Same architecture, head, inner-loop defaults and ``max_ways``; the init is the one its
+    training run started from (its seed), so the baseline is reproducible from the card alone.
+    """
+    seed = int(card.get("training", {}).get("config", {}).get("seed", 0))
+    return Learner.create(
+        learner.arch, learner.head, learner.inner, max_ways=learner.max_ways, seed=seed
+    )
 
 
 def _evaluate_one(

@@ -140,6 +140,7 @@ def plot_ways_and_shots(results: list[EvaluationResult], out: Path, title: str) 
                 textcoords="offset points",
             )
     ax.set_xscale("log")
+    ax.minorticks_off()  # log-scale minor labels ("3x10^0") would crowd the ways we measured
     ticks = sorted({_setting(r, "ways") for r in results})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set(
