@@ -24,6 +24,13 @@ def innerloop(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _tensors_equal(before: bytes, after: bytes) -> bool:
+    from safetensors.torch import load
+
+    a, b = load(before), load(after)
+    return a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+
+
 def test_help_explains_every_subcommand(tmp_path: Path) -> None:
     top = innerloop("--help", cwd=tmp_path)
     assert top.returncode == 0
@@ -93,6 +100,28 @@ def test_sine_train_resume_evaluate_and_record(tmp_path: Path) -> None:
     assert {"mse", "ci95", "episodes", "shots"} <= result.keys()
     assert result["episodes"] == 8 and result["mse"] > 0
     assert read_card(out)["evaluation"]["sine/test/regression"]["mse"] == result["mse"]
+
+    # the no-meta-training baseline is recorded beside, without touching the meta-parameters
+    before = out.read_bytes()
+    baseline = innerloop(
+        "evaluate",
+        str(out),
+        "--shots",
+        "5",
+        "--episodes",
+        "8",
+        "--json",
+        "--record",
+        "--untrained",
+        cwd=tmp_path,
+    )
+    assert baseline.returncode == 0, baseline.stderr
+    untrained = json.loads(baseline.stdout)
+    evaluation = read_card(out)["evaluation"]
+    assert evaluation["sine/test/regression/untrained"]["mse"] == untrained["mse"]
+    assert evaluation["sine/test/regression"]["mse"] == result["mse"]
+    assert untrained["mse"] != result["mse"]
+    assert _tensors_equal(before, out.read_bytes())
 
 
 @pytest.mark.skipif(default_data_root() is None, reason="shared data folder is absent")
