@@ -1,4 +1,4 @@
-"""``innerloop train | evaluate | serve | models``: one command over the library.
+"""``innerloop train | evaluate | tune | compare | serve | models``: one command over the library.
 
 Each subcommand's options and behaviour live next to the code they drive (training in
 ``innerloop_training.cli_*``, serving in ``innerloop_server.cli_*``); this module only wires
@@ -18,6 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": (
         "innerloop_training.cli_evaluate",
         "evaluate a checkpoint on fixed, seeded episodes (accuracy or MSE, 95%% CI)",
+    ),
+    "tune": (
+        "innerloop_training.cli_tune",
+        "choose a checkpoint's served inner loop (steps, step size) on validation episodes",
     ),
     "compare": (
         "innerloop_training.cli_compare",
