@@ -105,14 +105,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def open_checkpoint(args: argparse.Namespace, command: str) -> tuple[Learner, dict[str, Any]]:
+    """Apply ``--threads`` and load ``args.checkpoint``; a bad file becomes a one-line message
+    (raised as ``SystemExit(2)``), not a stack trace."""
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        learner, card = load_checkpoint(args.checkpoint)
+        return load_checkpoint(args.checkpoint)
     except CheckpointError as error:
-        print(f"innerloop evaluate: {error}")
-        return 2
+        print(f"innerloop {command}: {error}")
+        raise SystemExit(2) from error
+
+
+def run(args: argparse.Namespace) -> int:
+    learner, card = open_checkpoint(args, "evaluate")
     dataset = args.dataset or card.get("training", {}).get("config", {}).get("dataset")
     if dataset is None:
         print("innerloop evaluate: the checkpoint does not say its dataset; pass --dataset")

@@ -18,10 +18,9 @@ import math
 from itertools import product
 from typing import Any
 
-import torch
-
-from innerloop.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from innerloop.checkpoint import save_checkpoint
 from innerloop.learner import InnerDefaults, Learner
+from innerloop_training.cli_evaluate import open_checkpoint
 from innerloop_training.evaluation import evaluate_learner
 from innerloop_training.sources import build_source
 
@@ -56,13 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        learner, card = load_checkpoint(args.checkpoint)
-    except CheckpointError as error:
-        print(f"innerloop tune: {error}")
-        return 2
+    learner, card = open_checkpoint(args, "tune")
     if learner.learned_step_sizes and args.lr:
         print(
             "innerloop tune: this checkpoint learned its step sizes (Meta-SGD); tune --steps only"
