@@ -35,7 +35,7 @@ ACCURACY_FLOORS = {
     "omniglot": 0.95,
     "quickdraw": 0.55,
     "omniglot-leap": 0.75,
-    "omniglot-warpgrad": 0.60,
+    "omniglot-warpgrad": 0.78,
 }
 # regression: MSE after 10 steps from 10 points must beat the untrained network by this factor
 REGRESSION_GAIN = 5.0
@@ -53,8 +53,10 @@ def test_every_expected_model_ships() -> None:
 @pytest.mark.parametrize("name", shipped_names())
 def test_card_says_how_it_was_made(name: str) -> None:
     path = SHIPPED / f"{name}.safetensors"
-    assert path.stat().st_size < 1_000_000
     card = read_card(path)
+    # a Conv4 is under 1 MB; WarpGrad's four 3x3 warp-layers add about 0.6 MB of fixed weights
+    warped = card["architecture"].get("warp", "none") != "none"
+    assert path.stat().st_size < (1_500_000 if warped else 1_000_000)
     assert card["name"] == name
     training = card["training"]
     assert training["command"].startswith("innerloop train")
