@@ -27,6 +27,12 @@ def tune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_tune_picks_the_better_loop_on_validation_and_writes_it(tmp_path: Path) -> None:
     path = tmp_path / "sine.safetensors"
     shutil.copy(REPO / "checkpoints" / "sine.safetensors", path)
+    # start from the loop it was meta-trained with, whatever the shipped default is now
+    reset = tune(
+        str(path), "--steps", "1", "--lr", "0.01", "--episodes", "2", "--write", cwd=tmp_path
+    )
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert read_card(path)["inner_loop"]["steps"] == 1
     before = read_card(path)
     card_before = dict(before["evaluation"])
     # one step (how it was meta-trained) against ten: ten fit a sine from 10 points far better
@@ -39,6 +45,7 @@ def test_tune_picks_the_better_loop_on_validation_and_writes_it(tmp_path: Path) 
     assert card["inner_loop"]["steps"] == 10 and card["inner_loop"]["lr"] == 0.01
     tuning = card["inner_loop_tuning"]
     assert tuning["split"] == "val" and len(tuning["grid"]) == 2
+    assert tuning["command"].startswith("innerloop tune ") and "--write" in tuning["command"]
     assert tuning["trained_with"] == {"steps": 1, "lr": 0.01}
     scores = {cell["steps"]: cell["score"] for cell in tuning["grid"]}
     assert scores[10] < scores[1]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from itertools import product
 from typing import Any
 
@@ -23,6 +24,7 @@ from innerloop.learner import InnerDefaults, Learner
 from innerloop_training.cli_evaluate import open_checkpoint
 from innerloop_training.evaluation import evaluate_learner
 from innerloop_training.sources import build_source
+from innerloop_training.trainer import display_command
 
 VAL_SEED = 4242  # fixed validation episodes, distinct from the test seed
 
@@ -158,6 +160,7 @@ def _write(
         "optimizer": learner.inner.optimizer,
     }
     card["inner_loop_tuning"] = {
+        "command": display_command(sys.argv),
         "split": "val",
         "settings": settings,
         "seed": VAL_SEED,

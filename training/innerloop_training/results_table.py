@@ -83,8 +83,12 @@ def _how_made(name: str, card: dict[str, Any]) -> str:
     )
 
 
-def _commands(stages: list[dict[str, Any]]) -> list[str]:
-    return [str(stage["command"]) for stage in stages if stage.get("command")]
+def _commands(card: dict[str, Any]) -> list[str]:
+    """How to remake the checkpoint: its training stages in order, then its inner-loop tuning."""
+    stages = _stages(card.get("training", {}))
+    commands = [str(stage["command"]) for stage in stages if stage.get("command")]
+    tuning = card.get("inner_loop_tuning", {}).get("command")
+    return [*commands, str(tuning)] if tuning else commands
 
 
 def _evaluate_command(name: str, card: dict[str, Any], dataset: str) -> str | None:
@@ -132,7 +136,7 @@ def _classification_section(
     lines += [f"- {_how_made(n, cards[n])}" for n in names]
     lines += ["", "```bash"]
     for name in names:
-        lines += _commands(_stages(cards[name].get("training", {})))
+        lines += _commands(cards[name])
         command = _evaluate_command(name, cards[name], dataset)
         if command:
             lines.append(command)
@@ -167,7 +171,7 @@ def _regression_section(cards: dict[str, dict[str, Any]]) -> list[str]:
         )
     lines += ["", "```bash"]
     for name in names:
-        lines += _commands(_stages(cards[name].get("training", {})))
+        lines += _commands(cards[name])
         command = _evaluate_command(name, cards[name], _dataset(cards[name]))
         if command:
             lines += [command, command + " --untrained"]
