@@ -147,14 +147,34 @@ def run(args: argparse.Namespace) -> int:
         if args.record:
             key = "regression" if regression else f"{ways}way{shots}shot"
             key += "/untrained" if args.untrained else ""
-            card.setdefault("evaluation", {})[f"{dataset}/{args.split}/{key}"] = result.to_dict()
-            save_checkpoint(learner, args.checkpoint, card)
+            try:
+                record_result(learner, args.checkpoint, f"{dataset}/{args.split}/{key}", result)
+            except CheckpointError as error:
+                print(f"innerloop evaluate: not recorded: {error}")
+                return 2
     if args.plot:
         from innerloop_training.plots import plot_ways_and_shots
 
         title = f"{card['name']}: {dataset} {args.split} split, {args.episodes} episodes each"
         print(f"wrote {plot_ways_and_shots(results, Path(args.plot), title)}")
     return 0
+
+
+def record_result(learner: Learner, path: str, key: str, result: EvaluationResult) -> None:
+    """Add one result to the card as it is on disk *now*, not as it was when we loaded it.
+
+    Evaluations take minutes, and two of them (or a tune) may run on one checkpoint at once;
+    re-reading the card keeps every result instead of the last writer's. If the tensors changed
+    meanwhile (the file was retrained), the result describes another model: refuse it.
+    """
+    current, card = load_checkpoint(path)
+    same = current.params.keys() == learner.params.keys() and all(
+        torch.equal(current.params[k], learner.params[k]) for k in learner.params
+    )
+    if not same:
+        raise CheckpointError(f"{path} changed while it was being evaluated")
+    card.setdefault("evaluation", {})[key] = result.to_dict()
+    save_checkpoint(current, path, card)
 
 
 def untrained_twin(learner: Learner, card: dict[str, Any]) -> Learner:
