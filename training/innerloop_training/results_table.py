@@ -75,11 +75,17 @@ def _stages(training: dict[str, Any]) -> list[dict[str, Any]]:
 def _how_made(name: str, card: dict[str, Any]) -> str:
     training = card.get("training", {})
     stages = _stages(training)
-    steps = sum(int(stage.get("meta_steps_done", 0)) for stage in stages)
+    steps = [int(stage.get("meta_steps_done", 0)) for stage in stages]
     algorithms = " then ".join(dict.fromkeys(str(s.get("algorithm")) for s in stages))
+    shown = f"{sum(steps):,}" + (
+        f" ({' + '.join(f'{n:,}' for n in steps)})" if len(steps) > 1 else ""
+    )
+    stages_note = (
+        f" in {len(stages)} stages (the commands below, in order)" if len(steps) > 1 else ""
+    )
     return (
-        f"`{name}`: {algorithms}, {steps:,} meta-steps in {_minutes(training):.0f} min on "
-        f"{training.get('hardware', 'unknown hardware')}"
+        f"`{name}`: {algorithms}, {shown} meta-steps{stages_note}, {_minutes(training):.0f} min "
+        f"on {training.get('hardware', 'unknown hardware')}"
     )
 
 
