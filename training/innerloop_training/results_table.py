@@ -54,12 +54,7 @@ def _accuracy(card: dict[str, Any], dataset: str, ways: int, shots: int) -> str:
 
 def _minutes(training: dict[str, Any]) -> float:
     """Wall-clock minutes of the whole run, warm-start stages included."""
-    total = float(training.get("seconds", 0.0))
-    history = training.get("init")
-    while history:
-        total += float(history.get("seconds", 0.0))
-        history = history.get("init")
-    return total / 60.0
+    return sum(float(stage.get("seconds", 0.0)) for stage in _stages(training)) / 60.0
 
 
 def _stages(training: dict[str, Any]) -> list[dict[str, Any]]:
