@@ -57,6 +57,7 @@ def build_card(learner: Learner, name: str, extra: dict[str, Any] | None = None)
         "max_ways": learner.max_ways,
         "adaptation": {
             "frozen": sorted(learner.frozen),
+            "scope": learner.scope,
             "learned_step_sizes": learner.learned_step_sizes,
         },
         "inner_loop": {

@@ -30,6 +30,7 @@ from innerloop.models import (
     feature_dim,
     warp_parameter_names,
 )
+from innerloop.scopes import frozen_for_scope, scope_of
 
 HEADS = ("proto", "zero", "none")
 TASKS = ("classification", "regression")
@@ -206,6 +207,34 @@ class Learner:
                 query_x,
                 loop,
             )
+
+    # ---- what adapts ----------------------------------------------------------------------
+    def parameter_names(self) -> list[str]:
+        """Meta-parameters plus the per-task head tensors the inner loop can move."""
+        head = [] if self.head == "none" else ["head.weight", "head.bias"]
+        return [*self.params, *(h for h in head if h not in self.params)]
+
+    @property
+    def scope(self) -> str:
+        """The adaptation preset (:mod:`innerloop.scopes`) that this learner's frozen set is."""
+        return scope_of(self.body, self.parameter_names(), self.frozen)
+
+    def with_scope(self, scope: str) -> Learner:
+        """A copy that adapts ``scope``: newly frozen step sizes are dropped, newly adapted
+        tensors get the default scalar step size."""
+        frozen = frozen_for_scope(self.body, self.parameter_names(), scope)
+        frozen |= warp_parameter_names(self.params)
+        unfrozen = self.with_params(self.params)
+        unfrozen.frozen = warp_parameter_names(self.params)
+        defaults = unfrozen.initial_step_sizes(learned=False)
+        step_sizes = {
+            name: self.step_sizes.get(name, defaults[name])
+            for name in defaults
+            if name not in frozen
+        }
+        clone = self.with_params(self.params, step_sizes)
+        clone.frozen = frozenset(frozen)
+        return clone
 
     def with_params(self, params: Params, step_sizes: Params | None = None) -> Learner:
         """A copy sharing config, with other tensors (e.g. detached for saving)."""
