@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ from torch.func import grad_and_value, vmap
 Params = dict[str, Tensor]
 
 OPTIMIZERS = ("sgd", "adam")
+HEAD_WEIGHT, HEAD_BIAS = "head.weight", "head.bias"  # per-task heads: always kept
 
 
 @dataclass(frozen=True)
@@ -153,12 +154,37 @@ def _update(
 
 
 @dataclass
+class SharedPrefix:
+    """A model split where adaptation starts: a prefix no task changes, and the adapted rest.
+
+    ``prefix`` maps a flat batch of inputs to the rest's inputs; ``model``, ``params`` and
+    ``step_sizes`` describe the rest. ``batching`` is what ``auto`` means for the rest: ``vmap``
+    when no adapted tensor is a convolution weight (every convolution is then shared by all
+    tasks and vmap runs it as one large batch), else ``auto`` (the per-task loop on CPUs).
+    """
+
+    prefix: Callable[[Tensor], Tensor]
+    model: AdaptableModel
+    params: Params
+    step_sizes: Mapping[str, Tensor]
+    batching: str
+
+
+def _apply_flat(prefix: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Run ``prefix`` on all tasks' rows at once: [tasks, rows, ...] -> [tasks, rows, ...]."""
+    tasks, rows = x.shape[:2]
+    out = prefix(x.reshape(tasks * rows, *x.shape[2:]))
+    return out.reshape(tasks, rows, *out.shape[1:])
+
+
+@dataclass
 class Predictions:
     """Outputs for a batch of tasks: logits (or regression outputs) and support losses."""
 
     outputs: Tensor  # [tasks, queries, ways] or [tasks, queries, out_features]
     loss_before: Tensor  # [tasks]
     loss_after: Tensor  # [tasks]
+    params: Params | None = None  # adapted tensors per task (leading task dim), if kept
 
 
 def adapt_and_predict(
@@ -172,6 +198,7 @@ def adapt_and_predict(
     query_x: Tensor,
     loop: InnerLoop,
     batching: str = "auto",
+    keep_params: bool = False,
 ) -> Predictions:
     """Adapt every task of a batch on its support set and predict its queries.
 
@@ -180,26 +207,99 @@ def adapt_and_predict(
     loss through it.
 
     ``batching`` is ``vmap`` (one vectorised call over tasks), ``loop`` (the same per-task
-    function in a Python loop) or ``auto``: the loop for convolutional models on CPUs, where
-    ``benchmarks/bench_meta_training.py`` measures vmapped convolutions (grouped per task) as
-    ~3x slower than per-task MKL-DNN ones, and vmap everywhere else (GPUs; MLPs, where vmap is
-    ~30x faster than the loop on CPU). Both give the same numbers.
-    """
+    function in a Python loop) or ``auto``: the loop for convolutional models on CPUs whose
+    convolution weights adapt, where ``benchmarks/bench_meta_training.py`` measures vmapped
+    convolutions (grouped per task) as ~3x slower than per-task MKL-DNN ones, and vmap
+    everywhere else (GPUs; MLPs, where vmap is ~30x faster than the loop on CPU; models whose
+    convolutions are frozen, which vmap runs as one shared convolution). Both give the same
+    numbers.
 
-    def one_task(sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor, qx: Tensor) -> tuple[Tensor, ...]:
+    A model with a ``split_shared(meta_params, step_sizes)`` method may return a
+    :class:`SharedPrefix`: the layers before the first adapted one then run once for the whole
+    batch (the server's "share what a batch has in common").
+
+    ``keep_params`` also returns each task's adapted tensors (:attr:`Predictions.params`), so
+    :func:`predict_adapted` can answer later queries without adapting again.
+    """
+    model, meta_params, step_sizes, batching, prefix = _split(
+        model, meta_params, step_sizes, batching
+    )
+    if prefix is not None:
+        # Everything before the first adapted layer is the same function for every task: run
+        # it once, as one large batch over all tasks' support and query rows, then adapt only
+        # the rest. Exactly the same maths as running the whole body per task.
+        support_x = _apply_flat(prefix, support_x)
+        query_x = _apply_flat(prefix, query_x)
+    names = [*model.adapted_names(meta_params), HEAD_WEIGHT, HEAD_BIAS]
+
+    def one_task(sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor, qx: Tensor) -> tuple[Any, ...]:
         adapted = adapt(model, meta_params, step_sizes, sx, sy, sw, cm, loop)
         outputs = model.forward(adapted.params, qx, cm)
-        return outputs, adapted.loss_before, adapted.loss_after
+        kept = {k: v for k, v in adapted.params.items() if k in names} if keep_params else {}
+        return outputs, adapted.loss_before, adapted.loss_after, kept
 
     tensors = (support_x, support_y, support_weight, class_mask, query_x)
-    if batching == "auto":
-        convolutional = support_x.dim() == 5  # [tasks, shots, channels, height, width]
-        batching = "loop" if convolutional and not support_x.is_cuda else "vmap"
+    batching = _resolve(batching, support_x)
     if batching == "vmap":
-        outputs, before, after = vmap(one_task)(*tensors)
-    elif batching == "loop":
-        per_task = [one_task(*(t[i] for t in tensors)) for i in range(support_x.shape[0])]
-        outputs, before, after = (torch.stack(parts) for parts in zip(*per_task, strict=True))
+        outputs, before, after, kept = vmap(one_task)(*tensors)
     else:
+        per_task = [one_task(*(t[i] for t in tensors)) for i in range(support_x.shape[0])]
+        outputs, before, after = (torch.stack(p) for p in list(zip(*per_task, strict=True))[:3])
+        kept = {k: torch.stack([task[3][k] for task in per_task]) for k in per_task[0][3]}
+    return Predictions(outputs, before, after, kept if keep_params else None)
+
+
+def predict_adapted(
+    model: AdaptableModel,
+    meta_params: Params,
+    step_sizes: Mapping[str, Tensor],
+    adapted: Params,
+    query_x: Tensor,
+    class_mask: Tensor,
+    batching: str = "auto",
+) -> Tensor:
+    """Outputs for new queries of tasks adapted earlier (``Predictions.params``), no loop run.
+
+    The split, the frozen tensors and the forward pass are those of :func:`adapt_and_predict`,
+    so a cached adapter answers exactly what adapting again would.
+    """
+    model, meta_params, step_sizes, batching, prefix = _split(
+        model, meta_params, step_sizes, batching
+    )
+    if prefix is not None:
+        query_x = _apply_flat(prefix, query_x)
+    fixed = {k: v for k, v in meta_params.items() if k not in adapted}
+
+    def one_task(params: Params, qx: Tensor, cm: Tensor) -> Tensor:
+        return model.forward({**fixed, **params}, qx, cm)
+
+    if _resolve(batching, query_x) == "vmap":
+        outputs: Tensor = vmap(one_task)(adapted, query_x, class_mask)
+        return outputs
+    return torch.stack(
+        [
+            one_task({k: v[i] for k, v in adapted.items()}, query_x[i], class_mask[i])
+            for i in range(query_x.shape[0])
+        ]
+    )
+
+
+def _split(
+    model: AdaptableModel, meta_params: Params, step_sizes: Mapping[str, Tensor], batching: str
+) -> tuple[AdaptableModel, Params, Mapping[str, Tensor], str, Callable[[Tensor], Tensor] | None]:
+    split = getattr(model, "split_shared", None)
+    shared = split(meta_params, step_sizes) if split is not None else None
+    if shared is None:
+        return model, meta_params, step_sizes, batching, None
+    if batching == "auto":
+        batching = shared.batching
+    return shared.model, shared.params, shared.step_sizes, batching, shared.prefix
+
+
+def _resolve(batching: str, inputs: Tensor) -> str:
+    if batching not in ("auto", "vmap", "loop"):
         raise ValueError(f"batching {batching!r} is not one of ('auto', 'vmap', 'loop')")
-    return Predictions(outputs, before, after)
+    if batching == "auto":
+        convolutional = inputs.dim() == 5  # [tasks, rows, channels, height, width]
+        return "loop" if convolutional and not inputs.is_cuda else "vmap"
+    return batching

@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from innerloop.adaptation import InnerLoop, Params, Predictions, adapt_and_predict
+from innerloop.adaptation import (
+    InnerLoop,
+    Params,
+    Predictions,
+    SharedPrefix,
+    adapt_and_predict,
+    predict_adapted,
+)
 from innerloop.models import (
     ArchConfig,
     body_parameters,
@@ -175,6 +182,63 @@ class Learner:
             per_item = ((outputs - y) ** 2).mean(-1)
         return (per_item * weight).sum() / weight.sum().clamp_min(1e-6)
 
+    # ---- sharing what no task changes -----------------------------------------------------
+    def shared_layers(self) -> int:
+        """How many leading body layers hold no adapted parameter (the shared prefix)."""
+        adapted = {int(k.split(".")[1]) for k in self.step_sizes if k.startswith("body.")}
+        return min(adapted) if adapted else len(self.body)
+
+    def split_shared(
+        self, meta_params: Params, step_sizes: Mapping[str, Tensor]
+    ) -> SharedPrefix | None:
+        """The body split before its first adapted layer (see :class:`SharedPrefix`).
+
+        ``None`` when the first layer adapts (MAML's ``all``): nothing to share.
+        """
+        split = self.shared_layers()
+        if split == 0:
+            return None
+        prefix_body, rest = self._split_structure(split)
+        prefix_params = {
+            k[len("body.") :]: v for k, v in meta_params.items() if not _after(k, split)
+        }
+
+        def prefix(x: Tensor) -> Tensor:
+            out: Tensor = functional_call(prefix_body, prefix_params, (x,))
+            return out
+
+        params = {_shift(k, split): v for k, v in meta_params.items() if _after(k, split)}
+        steps = {_shift(k, split): v for k, v in step_sizes.items()}
+        adapts_convolutions = any(
+            isinstance(rest.body[_layer(k) or 0], nn.Conv2d) for k in steps if _layer(k) is not None
+        )
+        return SharedPrefix(prefix, rest, params, steps, "auto" if adapts_convolutions else "vmap")
+
+    def _split_structure(self, split: int) -> tuple[nn.Sequential, Learner]:
+        """The prefix template and the rest as a learner, built once per split point."""
+        cache: dict[int, tuple[nn.Sequential, Learner]] = self.__dict__.setdefault(
+            "_split_cache", {}
+        )
+        key = split
+        if key not in cache or cache[key][1].frozen != self._rest_frozen(split):
+            layers = list(self.body)
+            rest = Learner(
+                self.arch,
+                self.task,
+                self.head,
+                {},
+                {},
+                self.inner,
+                self._rest_frozen(split),
+                self.max_ways,
+            )
+            rest.body = nn.Sequential(*layers[split:])
+            cache[key] = (nn.Sequential(*layers[:split]), rest)
+        return cache[key]
+
+    def _rest_frozen(self, split: int) -> frozenset[str]:
+        return frozenset(_shift(k, split) for k in self.frozen if _after(k, split))
+
     # ---- the one call that evaluation and serving make ------------------------------------
     def scaled_step_sizes(self, lr: float | None) -> Params:
         """Step sizes for a requested ``lr``: learned ones are scaled by ``lr / default lr``."""
@@ -192,6 +256,7 @@ class Learner:
         query_x: Tensor,
         steps: int | None = None,
         lr: float | None = None,
+        keep_params: bool = False,
     ) -> Predictions:
         """Adapt a batch of tasks (leading dim) and predict their queries, without a graph."""
         loop = self.inner.loop(steps, first_order=True)
@@ -206,7 +271,13 @@ class Learner:
                 class_mask,
                 query_x,
                 loop,
+                keep_params=keep_params,
             )
+
+    def predict_adapted(self, adapted: Params, query_x: Tensor, class_mask: Tensor) -> Tensor:
+        """Outputs for new queries of tasks adapted earlier with ``keep_params=True``."""
+        with torch.no_grad():
+            return predict_adapted(self, self.params, self.step_sizes, adapted, query_x, class_mask)
 
     # ---- what adapts ----------------------------------------------------------------------
     def parameter_names(self) -> list[str]:
@@ -249,3 +320,24 @@ class Learner:
             self.max_ways,
         )
         return clone
+
+
+def _layer(name: str) -> int | None:
+    """``body.<i>.*`` -> i; ``head.*`` -> None."""
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] == "body" else None
+
+
+def _after(name: str, split: int) -> bool:
+    """Whether a parameter belongs to the rest of a body split at ``split`` (head included)."""
+    layer = _layer(name)
+    return layer is None or layer >= split
+
+
+def _shift(name: str, split: int) -> str:
+    """Rename ``body.<i>.*`` to ``body.<i - split>.*`` (the rest of a split body)."""
+    layer = _layer(name)
+    if layer is None:
+        return name
+    rest = name.split(".", 2)[2]
+    return f"body.{layer - split}.{rest}"
