@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from innerloop_server import logs
-from innerloop_server.batching import Result, groups, run_group
-from innerloop_server.decoding import Task, decode_request
+from innerloop_server.adapters import Adapter, AdapterCache, adapter_id
+from innerloop_server.batching import Result, groups, predict_with_adapter, run_group
+from innerloop_server.decoding import Task, decode_queries, decode_request
+from innerloop_server.errors import request_error
 from innerloop_server.limits import Limits
 from innerloop_server.loop import IsolatingBatchLoop
 from innerloop_server.metrics import metrics
@@ -40,6 +42,7 @@ from innerloop_server.schemas import PredictRequest, PredictResponse
 log = logging.getLogger(logs.LOGGER_NAME)
 
 API_PATH = "/v1/predict"
+ADAPT_PATH = "/v1/adapt"  # served by the same workers (see app.py): adapters live there
 
 
 @dataclass
@@ -76,6 +79,7 @@ class InnerloopAPI(ls.LitAPI):
         self.threads = threads
         self.registry = Registry()
         self.torch_device = torch.device("cpu")
+        self.adapters = AdapterCache(limits.max_adapter_cache_bytes)
 
     # FastAPI-facing auth hook: the API key is enforced by ApiKeyMiddleware for every path, so
     # LitServe's own LIT_SERVER_API_KEY check (which would also lock /health) is disabled here.
@@ -99,10 +103,59 @@ class InnerloopAPI(ls.LitAPI):
         )
 
     def decode_request(self, request: PredictRequest, **kwargs: Any) -> Task:
+        # also receives AdaptRequest: the /v1/adapt route feeds this same worker queue
         started = time.perf_counter()
-        task = decode_request(request, self.registry, self.limits)
+        if isinstance(request, PredictRequest) and request.adapter is not None:
+            task = self._decode_adapter_request(request)
+        else:
+            task = decode_request(request, self.registry, self.limits)
         task.decode_ms = (time.perf_counter() - started) * 1000.0
         return task
+
+    def _decode_adapter_request(self, request: PredictRequest) -> Task:
+        """``predict`` with ``adapter``: queries only, answered by the cached adapted tensors."""
+        for name in ("support", "steps", "lr"):
+            if getattr(request, name) is not None:
+                raise request_error(
+                    422, name, "must be omitted with `adapter` (the adapter already fixed it)"
+                )
+        adapter = self.adapters.get(request.adapter or "")
+        if adapter is None:
+            raise request_error(
+                404,
+                "adapter",
+                f"{request.adapter!r} is unknown or was evicted from the adapter cache; "
+                "POST /v1/adapt again (the same support gives the same id)",
+            )
+        if request.model is not None and request.model != adapter.model:
+            raise request_error(
+                422, "model", f"adapter {adapter.id} belongs to model {adapter.model!r}"
+            )
+        if not request.query:
+            raise request_error(422, "query", "at least one query item is required")
+        if len(request.query) > self.limits.max_query:
+            raise request_error(
+                413, "query", f"{len(request.query)} items; at most {self.limits.max_query} allowed"
+            )
+        model = self.registry.get(adapter.model)
+        if request.top_k is not None and request.top_k < 1:
+            raise request_error(422, "top_k", f"{request.top_k} must be at least 1")
+        query_x = decode_queries(request.query, model, self.limits)
+        empty = np.zeros((0, *query_x.shape[1:]), dtype=np.float32)
+        top_k = None if request.top_k is None else min(request.top_k, len(adapter.labels))
+        return Task(
+            adapter.model,
+            adapter.task,
+            adapter.steps,
+            adapter.lr,
+            top_k,
+            adapter.labels,
+            empty,
+            np.zeros((0,), dtype=np.int64),
+            query_x,
+            kind="adapter",
+            adapter=adapter.id,
+        )
 
     def batch(self, inputs: list[Task]) -> list[Task]:
         return list(inputs)
@@ -115,9 +168,13 @@ class InnerloopAPI(ls.LitAPI):
             group = [tasks[i] for i in indices]
             model = self.registry.get(group[0].model)
             try:
-                answers: Sequence[Result | Exception] = run_group(
-                    model.learner, group, self.torch_device
+                answers: Sequence[Result | Exception] = (
+                    [self._predict_with_adapter(t) for t in group]
+                    if group[0].kind == "adapter"
+                    else run_group(model.learner, group, self.torch_device)
                 )
+                if group[0].kind == "adapt":
+                    self._keep_adapters(group, answers)
             except Exception as error:
                 log.exception(
                     "adapt_and_predict failed for %d requests of model %s", len(group), model.name
@@ -137,11 +194,62 @@ class InnerloopAPI(ls.LitAPI):
         )
         return [r if r is not None else RuntimeError("no result") for r in results]
 
+    def _predict_with_adapter(self, task: Task) -> Result | Exception:
+        adapter = self.adapters.get(task.adapter or "")
+        if adapter is None:  # evicted between decoding and now by an adapt in this batch
+            return request_error(
+                404, "adapter", f"{task.adapter!r} was evicted; POST /v1/adapt again"
+            )
+        started = time.perf_counter()
+        learner = self.registry.get(task.model).learner
+        outputs = predict_with_adapter(learner, task, adapter.params, self.torch_device)
+        ms = (time.perf_counter() - started) * 1000.0
+        return Result(outputs, adapter.loss_before, adapter.loss_after, ms, 1, ms)
+
+    def _keep_adapters(self, group: list[Task], answers: Sequence[Result | Exception]) -> None:
+        for task, answer in zip(group, answers, strict=True):
+            if not isinstance(answer, Result) or answer.params is None:
+                continue
+            task.adapter = adapter_id(task)
+            self.adapters.put(
+                Adapter(
+                    task.adapter,
+                    task.model,
+                    task.task,
+                    task.labels,
+                    task.steps,
+                    task.lr,
+                    answer.params,
+                    answer.loss_before,
+                    answer.loss_after,
+                    answer.ms,
+                )
+            )
+
     def unbatch(self, output: list[Answer | Exception]) -> list[Answer | Exception]:
         return output
 
     def encode_response(self, output: Answer, **kwargs: Any) -> PredictResponse:
         task, result = output.task, output.result
+        adaptation = {
+            "steps": task.steps,
+            "lr": task.lr,
+            "support_loss": [result.loss_before, result.loss_after],
+            "ms": round(result.ms, 3),
+            "batch_size": result.batch_size,
+            "batch_ms": round(result.batch_ms, 3),
+            "scope": self.registry.get(task.model).learner.scope,
+            "adapter": task.adapter,
+        }
+        if task.kind == "adapt":
+            adapted = {
+                "model": task.model,
+                "task": task.task,
+                "adapter": task.adapter,
+                "labels": task.labels,
+                "adaptation": adaptation,
+            }
+            return adapted  # type: ignore[return-value]  # validated as AdaptResponse
         predictions: list[dict[str, Any]] = []
         if task.task == "classification":
             ways = len(task.labels)
@@ -161,12 +269,7 @@ class InnerloopAPI(ls.LitAPI):
             "model": task.model,
             "task": task.task,
             "predictions": predictions,
-            "adaptation": {
-                "steps": task.steps,
-                "lr": task.lr,
-                "support_loss": [result.loss_before, result.loss_after],
-                "ms": round(result.ms, 3),
-            },
+            "adaptation": adaptation,
         }
         return response  # type: ignore[return-value]  # FastAPI validates it as PredictResponse
 

@@ -2,7 +2,8 @@
 
 Routes:
 
-- ``POST /v1/predict``: adapt and predict (:mod:`innerloop_server.api`);
+- ``POST /v1/predict``: adapt and predict (:mod:`innerloop_server.api`), or predict with an
+  adapter from ``POST /v1/adapt`` (adapt once, predict many), which the same workers serve;
 - ``GET /v1/models``: the served models' cards (:func:`~innerloop_server.registry.summarize_card`);
 - ``GET /health``: 200 ``ok`` once every worker has loaded its models (open even with an API key);
 - ``GET /metrics``: Prometheus text, summed over the HTTP and worker processes;
@@ -28,10 +29,11 @@ from fastapi import Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from litserve.server import RegularRequestHandler
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from innerloop_server import logs
-from innerloop_server.api import API_PATH, InnerloopAPI
+from innerloop_server.api import ADAPT_PATH, API_PATH, InnerloopAPI
 from innerloop_server.errors import validation_detail
 from innerloop_server.limits import Limits
 from innerloop_server.metrics import cleanup, enable_multiprocess, render
@@ -42,6 +44,7 @@ from innerloop_server.middleware import (
     RequestLogMiddleware,
 )
 from innerloop_server.registry import Registry, summarize_card
+from innerloop_server.schemas import AdaptRequest, AdaptResponse
 
 FASTAPI_PARSE_ERROR = "There was an error parsing the body"
 
@@ -99,6 +102,8 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         ],
     }
 
+    _add_adapt_route(server, api)
+
     @app.get("/v1/models", tags=["models"], summary="Cards of the models this server serves")
     async def list_models() -> dict[str, Any]:
         return models
@@ -139,6 +144,26 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
     app.add_middleware(RequestLogMiddleware)
     return server
+
+
+def _add_adapt_route(server: ls.LitServer, api: InnerloopAPI) -> None:
+    """``POST /v1/adapt`` on the /v1/predict worker queue, so the adapters it makes live in
+    the very worker that later predicts with them (LitServe gives every api_path its own
+    workers, and a second LitAPI could not see the first one's cache)."""
+    handler = RegularRequestHandler(api, server)
+
+    async def adapt(request: AdaptRequest) -> AdaptResponse:
+        response: AdaptResponse = await handler.handle_request(request, AdaptRequest)
+        return response
+
+    server.app.add_api_route(
+        ADAPT_PATH,
+        adapt,
+        methods=["POST"],
+        response_model=AdaptResponse,
+        tags=["predict"],
+        summary="Adapt once on a support set; predict many times with the returned adapter id",
+    )
 
 
 class _Terminated:

@@ -40,8 +40,10 @@ class Result:
     outputs: np.ndarray  # [Q, ways] probabilities, or [Q, targets]
     loss_before: float
     loss_after: float
-    ms: float
+    ms: float  # this request's share (by rows) of the shared call's wall time
     batch_size: int  # how many requests shared the adapt_and_predict call
+    batch_ms: float = 0.0  # wall time of the whole shared call
+    params: dict[str, torch.Tensor] | None = None  # adapted tensors (adapt requests only)
 
 
 MAX_PADDING = 2.0  # padded support rows per real row that a shared call may process
@@ -53,7 +55,7 @@ def groups(tasks: Sequence[Task], max_padding: float = MAX_PADDING) -> list[list
     Same :attr:`Task.group_key`, and, within a key, tasks sorted by support size and packed
     while ``calls x largest support <= max_padding x real support rows``.
     """
-    by_key: dict[tuple[str, int, float], list[int]] = defaultdict(list)
+    by_key: dict[tuple[str, int, float, str], list[int]] = defaultdict(list)
     for i, task in enumerate(tasks):
         by_key[task.group_key].append(i)
     packed: list[list[int]] = []
@@ -78,7 +80,7 @@ def pad_group(tasks: Sequence[Task], device: torch.device | str) -> Padded:
     """Stack tasks into ``adapt_and_predict``'s padded inputs (leading task dimension)."""
     count = len(tasks)
     support = max(len(t.support_x) for t in tasks)
-    queries = max(len(t.query_x) for t in tasks)
+    queries = max(1, max(len(t.query_x) for t in tasks))  # adapt-only tasks: one dummy row
     ways = max(len(t.labels) for t in tasks) or 1
     first = tasks[0]
     support_x = np.zeros((count, support, *first.support_x.shape[1:]), dtype=np.float32)
@@ -100,25 +102,52 @@ def pad_group(tasks: Sequence[Task], device: torch.device | str) -> Padded:
 
 
 def run_group(learner: Learner, tasks: Sequence[Task], device: torch.device | str) -> list[Result]:
-    """One ``adapt_and_predict`` call for tasks sharing a group key; one result per task."""
+    """One ``adapt_and_predict`` call for tasks sharing a group key; one result per task.
+
+    Adapt-only tasks (``POST /v1/adapt``) keep their adapted tensors in :attr:`Result.params`.
+    Each task's ``ms`` is its share of the call by rows (support + queries): the cost it added,
+    not the whole batch's time.
+    """
     steps, lr = tasks[0].steps, tasks[0].lr
+    keep = tasks[0].kind == "adapt"
     started = time.perf_counter()
     support_x, support_y, weight, mask, query_x = pad_group(tasks, device)
     predictions = learner.adapt_and_predict(
-        support_x, support_y, weight, mask, query_x, steps=steps, lr=lr
+        support_x, support_y, weight, mask, query_x, steps=steps, lr=lr, keep_params=keep
     )
     outputs = predictions.outputs
     before = predictions.loss_before.cpu().tolist()
     after = predictions.loss_after.cpu().tolist()
+    host = [_probabilities(task, outputs[i]).cpu().numpy() for i, task in enumerate(tasks)]
+    kept = predictions.params or {}
+    batch_ms = (time.perf_counter() - started) * 1000.0
+    rows = [len(t.support_x) + len(t.query_x) for t in tasks]
     results = []
-    per_task: list[torch.Tensor] = []
-    for i, task in enumerate(tasks):
-        out = outputs[i, : len(task.query_x)]
-        if task.task == "classification":
-            out = torch.softmax(out[:, : len(task.labels)], dim=-1)
-        per_task.append(out)
-    host = [t.cpu().numpy() for t in per_task]
-    ms = (time.perf_counter() - started) * 1000.0
     for i in range(len(tasks)):
-        results.append(Result(host[i], float(before[i]), float(after[i]), ms, len(tasks)))
+        params = {k: v[i].clone() for k, v in kept.items()} if keep else None
+        share = batch_ms * rows[i] / sum(rows)
+        results.append(
+            Result(host[i], float(before[i]), float(after[i]), share, len(tasks), batch_ms, params)
+        )
     return results
+
+
+def predict_with_adapter(
+    learner: Learner,
+    task: Task,
+    params: dict[str, torch.Tensor],
+    device: torch.device | str,
+) -> np.ndarray:
+    """Probabilities (or outputs) for ``task``'s queries from adapted tensors, no inner loop."""
+    query_x = torch.from_numpy(task.query_x).to(device)[None]
+    ways = max(len(task.labels), 1)
+    mask = torch.ones(1, ways, dtype=torch.bool, device=device)
+    outputs = learner.predict_adapted({k: v[None] for k, v in params.items()}, query_x, mask)
+    return _probabilities(task, outputs[0]).cpu().numpy()
+
+
+def _probabilities(task: Task, outputs: torch.Tensor) -> torch.Tensor:
+    out = outputs[: len(task.query_x)]
+    if task.task == "classification":
+        return torch.softmax(out[:, : len(task.labels)], dim=-1)
+    return out

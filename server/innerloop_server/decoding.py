@@ -34,7 +34,7 @@ from innerloop.preprocessing import prepare_image
 from innerloop_server.errors import request_error
 from innerloop_server.limits import Limits
 from innerloop_server.registry import Model, Registry
-from innerloop_server.schemas import Input, Label, PredictRequest, Target
+from innerloop_server.schemas import AdaptRequest, Input, Label, PredictRequest, Target
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
@@ -58,14 +58,22 @@ class Task:
     support_y: np.ndarray  # int64 [S] (class indices) or float32 [S, targets]
     query_x: np.ndarray  # float32 [Q, 1, H, W] or [Q, F], request order
     decode_ms: float = field(default=0.0)
+    kind: str = "predict"  # predict | adapt (POST /v1/adapt) | adapter (predict with an adapter)
+    adapter: str | None = None  # the adapter id (kind "adapter"; set for "adapt" once made)
 
     @property
-    def group_key(self) -> tuple[str, int, float]:
+    def group_key(self) -> tuple[str, int, float, str]:
         """Requests with equal keys can share one ``adapt_and_predict`` call."""
-        return (self.model, self.steps, self.lr)
+        return (self.model, self.steps, self.lr, self.kind)
 
 
-def decode_request(request: PredictRequest, registry: Registry, limits: Limits) -> Task:
+def decode_request(
+    request: PredictRequest | AdaptRequest, registry: Registry, limits: Limits
+) -> Task:
+    """A predict request (support + query) or an adapt request (support only) -> a Task."""
+    adapt_only = isinstance(request, AdaptRequest)
+    if not adapt_only and getattr(request, "adapter", None) is not None:
+        raise request_error(422, "adapter", "use decode_adapter_query for adapter requests")
     model = registry.get(request.model)
     _check_counts(request, limits)
     steps = model.learner.inner.steps if request.steps is None else request.steps
@@ -76,7 +84,7 @@ def decode_request(request: PredictRequest, registry: Registry, limits: Limits) 
     lr = model.learner.inner.lr if request.lr is None else request.lr
     if not 0 < lr <= limits.max_lr:
         raise request_error(422, "lr", f"{lr} is outside the allowed range (0, {limits.max_lr}]")
-    top_k = request.top_k
+    top_k = getattr(request, "top_k", None)
     if top_k is not None:
         if model.task != "classification":
             raise request_error(
@@ -87,7 +95,8 @@ def decode_request(request: PredictRequest, registry: Registry, limits: Limits) 
         if top_k < 1:
             raise request_error(422, "top_k", f"{top_k} must be at least 1")
 
-    targets = [item.y for item in request.support]
+    support = request.support or []
+    targets = [item.y for item in support]
     if model.task == "classification":
         labels, indices = _class_indices(targets, model, limits)
         support_y: np.ndarray = np.asarray(indices, dtype=np.int64)
@@ -96,14 +105,12 @@ def decode_request(request: PredictRequest, registry: Registry, limits: Limits) 
         support_y = np.stack([_regression_target(y, i, model) for i, y in enumerate(targets)])
 
     support_x = np.stack(
-        [
-            decode_input(item.x, f"support[{i}].x", model, limits)
-            for i, item in enumerate(request.support)
-        ]
+        [decode_input(item.x, f"support[{i}].x", model, limits) for i, item in enumerate(support)]
     )
-    query_x = np.stack(
-        [decode_input(x, f"query[{i}]", model, limits) for i, x in enumerate(request.query)]
-    )
+    if isinstance(request, AdaptRequest):
+        query_x = np.zeros((0, *support_x.shape[1:]), dtype=np.float32)
+    else:
+        query_x = decode_queries(request.query, model, limits)
 
     order = sorted(range(len(support_x)), key=lambda i: support_x[i].tobytes())
     support_x = support_x[order]
@@ -112,16 +119,27 @@ def decode_request(request: PredictRequest, registry: Registry, limits: Limits) 
         support_y, labels = _renumber_by_first_appearance(support_y, labels)
     if top_k is not None:
         top_k = min(top_k, len(labels))
-    return Task(model.name, model.task, steps, lr, top_k, labels, support_x, support_y, query_x)
+    kind = "adapt" if adapt_only else "predict"
+    return Task(
+        model.name, model.task, steps, lr, top_k, labels, support_x, support_y, query_x, kind=kind
+    )
 
 
-def _check_counts(request: PredictRequest, limits: Limits) -> None:
-    if not request.support:
+def decode_queries(queries: list[Input], model: Model, limits: Limits) -> np.ndarray:
+    """Query inputs, in request order, as the model's float32 arrays."""
+    return np.stack([decode_input(x, f"query[{i}]", model, limits) for i, x in enumerate(queries)])
+
+
+def _check_counts(request: PredictRequest | AdaptRequest, limits: Limits) -> None:
+    support = request.support or []
+    if not support:
         raise request_error(422, "support", "at least one support item is required")
-    if len(request.support) > limits.max_support:
+    if len(support) > limits.max_support:
         raise request_error(
-            413, "support", f"{len(request.support)} items; at most {limits.max_support} allowed"
+            413, "support", f"{len(support)} items; at most {limits.max_support} allowed"
         )
+    if isinstance(request, AdaptRequest):
+        return
     if not request.query:
         raise request_error(422, "query", "at least one query item is required")
     if len(request.query) > limits.max_query:

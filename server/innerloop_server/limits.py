@@ -42,6 +42,9 @@ class Limits:
     """Longest string label."""
     max_in_flight: int = 128
     """Most /v1/predict requests being served at once (all HTTP processes); more get 503."""
+    max_adapter_cache_bytes: int = 64 * MiB
+    """Bytes of adapted parameters kept for ``/v1/adapt`` adapters (per worker); the least
+    recently used adapter is evicted first, and predicting with it is then a 404."""
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -65,6 +68,8 @@ _HELP = {
     "max_lr": "largest inner-loop lr a request may ask for; range is (0, max_lr] (422 outside)",
     "max_label_chars": "longest string label (422 above)",
     "max_in_flight": "most /v1/predict requests served at once; more get 503 + Retry-After",
+    "max_adapter_cache_bytes": "bytes of adapted parameters kept per worker for /v1/adapt "
+    "adapters; least recently used evicted first (then 404: adapt again)",
 }
 
 

@@ -58,8 +58,16 @@ class PredictRequest(BaseModel):
     )
 
     model: str | None = Field(None, description="Model name; the server's default if omitted.")
-    support: list[SupportItem] = Field(description="The labelled examples to adapt on.")
+    support: list[SupportItem] | None = Field(
+        None, description="The labelled examples to adapt on (omit when using `adapter`)."
+    )
     query: list[Input] = Field(description="Inputs to predict, answered in order.")
+    adapter: str | None = Field(
+        None,
+        description="An adapter id from `POST /v1/adapt`: predict without adapting again "
+        "(then omit `support`, `steps` and `lr`; an unknown or evicted id is a 404).",
+        max_length=128,
+    )
     steps: int | None = Field(
         None, description="Inner-loop steps (the model's default if omitted)."
     )
@@ -67,6 +75,21 @@ class PredictRequest(BaseModel):
         None, description="Inner-loop step size (the model's default if omitted)."
     )
     top_k: int | None = Field(None, description="Return only the k most likely labels' scores.")
+
+
+class AdaptRequest(BaseModel):
+    """``POST /v1/adapt``: adapt to ``support`` once; predict many times with the adapter id."""
+
+    model_config = _STRICT
+
+    model: str | None = Field(None, description="Model name; the server's default if omitted.")
+    support: list[SupportItem] = Field(description="The labelled examples to adapt on.")
+    steps: int | None = Field(
+        None, description="Inner-loop steps (the model's default if omitted)."
+    )
+    lr: float | None = Field(
+        None, description="Inner-loop step size (the model's default if omitted)."
+    )
 
 
 class ClassPrediction(BaseModel):
@@ -84,13 +107,30 @@ class Adaptation(BaseModel):
     steps: int
     lr: float
     support_loss: list[float] = Field(description="Support loss [before, after] adaptation.")
-    ms: float = Field(description="Milliseconds spent in the inner loop and prediction.")
+    ms: float = Field(
+        description="This request's milliseconds in the inner loop and prediction: its share "
+        "(by rows) of the call it was batched into."
+    )
+    batch_size: int = Field(1, description="Requests that shared this adaptation call.")
+    batch_ms: float = Field(0.0, description="Wall milliseconds of the whole shared call.")
+    scope: str = Field("all", description="What the inner loop adapted (all, film, last, head).")
+    adapter: str | None = Field(None, description="The adapter id, when one was used or made.")
 
 
 class PredictResponse(BaseModel):
     model: str
     task: str = Field(description="classification or regression")
     predictions: list[ClassPrediction | RegressionPrediction]
+    adaptation: Adaptation
+
+
+class AdaptResponse(BaseModel):
+    model: str
+    task: str = Field(description="classification or regression")
+    adapter: str = Field(
+        description="Content hash of (model, support, steps, lr): the same call gives the same id."
+    )
+    labels: list[Label] = Field(description="The labels the adapter predicts (classification).")
     adaptation: Adaptation
 
 

@@ -1,0 +1,133 @@
+"""Adapt once, predict many: ``POST /v1/adapt`` and ``/v1/predict`` with ``adapter``, over HTTP.
+
+A real server on 127.0.0.1 serves the fixture models (a tiny Conv4 in the default ``all`` scope
+and the same weights in the ``head`` and ``film`` scopes); every check compares an adapter's
+answer with what adapting again gives, so it fails if the cache kept the wrong tensors, the
+wrong split, or the wrong labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
+from tests.server_harness import ServerProcess, image_request, make_checkpoints, vector_request
+
+SCOPED = ("omniglot-head", "omniglot-film")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = make_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+    learner, _ = load_checkpoint(folder / "omniglot.safetensors")
+    for name in SCOPED:
+        scoped = learner.with_scope(name.split("-")[1])
+        save_checkpoint(scoped, folder / f"{name}.safetensors", build_card(scoped, name))
+    # room for a handful of tiny adapters only, so that eviction is reachable in a test
+    process = ServerProcess(
+        folder, tmp_path_factory.mktemp("logs") / "server.log", "--max-adapter-cache-bytes", "20000"
+    )
+    try:
+        yield process.wait_healthy()
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60.0) as http:
+        yield http
+
+
+def post(client: httpx.Client, path: str, body: dict[str, Any], status: int = 200) -> Any:
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def scores(response: dict[str, Any]) -> list[dict[str, float]]:
+    return [p["scores"] for p in response["predictions"]]
+
+
+@pytest.mark.parametrize("model", ["omniglot", *SCOPED])
+def test_adapter_answers_what_adapting_again_answers(client: httpx.Client, model: str) -> None:
+    body = image_request(4, 2, 5, seed=3, model=model, steps=3, lr=0.05)
+    direct = post(client, "/v1/predict", body)
+    made = post(client, "/v1/adapt", {k: body[k] for k in ("model", "support", "steps", "lr")})
+    assert made["adapter"].startswith("ad-")
+    assert sorted(made["labels"]) == [f"class-{c}" for c in range(4)]
+    assert made["adaptation"]["scope"] == (model.split("-")[1] if "-" in model else "all")
+    again = post(client, "/v1/predict", {"adapter": made["adapter"], "query": body["query"]})
+    assert again["adaptation"]["adapter"] == made["adapter"]
+    assert [p["label"] for p in again["predictions"]] == [p["label"] for p in direct["predictions"]]
+    for mine, theirs in zip(scores(again), scores(direct), strict=True):
+        assert mine.keys() == theirs.keys()
+        assert all(abs(mine[k] - theirs[k]) < 1e-5 for k in mine)
+    assert again["adaptation"]["support_loss"] == pytest.approx(
+        direct["adaptation"]["support_loss"], abs=1e-5
+    )
+
+
+def test_the_same_support_gives_the_same_id_in_any_order(client: httpx.Client) -> None:
+    body = image_request(3, 2, 1, seed=5, model="omniglot-head")
+    first = post(client, "/v1/adapt", {"model": "omniglot-head", "support": body["support"]})
+    shuffled = list(reversed(body["support"]))
+    second = post(client, "/v1/adapt", {"model": "omniglot-head", "support": shuffled})
+    assert first["adapter"] == second["adapter"]
+    other = post(
+        client, "/v1/adapt", {"model": "omniglot-head", "support": body["support"], "steps": 1}
+    )
+    assert other["adapter"] != first["adapter"]
+
+
+def test_regression_adapter(client: httpx.Client) -> None:
+    body = vector_request(6, 4, seed=2)
+    direct = post(client, "/v1/predict", body)
+    made = post(client, "/v1/adapt", {"model": "sine", "support": body["support"]})
+    again = post(client, "/v1/predict", {"adapter": made["adapter"], "query": body["query"]})
+    for mine, theirs in zip(again["predictions"], direct["predictions"], strict=True):
+        assert mine["y"] == pytest.approx(theirs["y"], abs=1e-5)
+
+
+def test_unknown_adapter_is_a_404_that_says_to_adapt_again(client: httpx.Client) -> None:
+    query = image_request(2, 1, 1)["query"]
+    detail = post(client, "/v1/predict", {"adapter": "ad-nope", "query": query}, 404)["detail"]
+    assert detail.startswith("adapter:") and "/v1/adapt" in detail
+
+
+def test_evicted_adapter_is_a_404_and_adapting_again_restores_it(client: httpx.Client) -> None:
+    # an all-scope tiny Conv4 adapter is ~5 KB of tensors; the cache holds 20,000 bytes
+    bodies = [image_request(3, 1, 1, seed=40 + i, model="omniglot") for i in range(8)]
+    ids = [
+        post(client, "/v1/adapt", {"model": "omniglot", "support": b["support"]})["adapter"]
+        for b in bodies
+    ]
+    oldest = {"adapter": ids[0], "query": bodies[0]["query"]}
+    assert "/v1/adapt" in post(client, "/v1/predict", oldest, 404)["detail"]
+    again = post(client, "/v1/adapt", {"model": "omniglot", "support": bodies[0]["support"]})
+    assert again["adapter"] == ids[0]
+    post(client, "/v1/predict", oldest)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [({"steps": 2}, "steps"), ({"lr": 0.1}, "lr"), ({"model": "sine"}, "model")],
+)
+def test_adapter_requests_refuse_what_the_adapter_fixed(
+    client: httpx.Client, extra: dict[str, Any], field: str
+) -> None:
+    body = image_request(2, 1, 1, seed=9, model="omniglot-head")
+    made = post(client, "/v1/adapt", {"model": "omniglot-head", "support": body["support"]})
+    request = {"adapter": made["adapter"], "query": body["query"], **extra}
+    assert post(client, "/v1/predict", request, 422)["detail"].startswith(f"{field}:")
+
+
+def test_adapt_validates_like_predict(client: httpx.Client, tmp_path: Path) -> None:
+    detail = post(client, "/v1/adapt", {"model": "omniglot", "support": []}, 422)["detail"]
+    assert detail.startswith("support:")
+    assert client.post("/v1/adapt", json={"support": [], "query": []}).status_code == 422
