@@ -131,3 +131,33 @@ def test_adapt_validates_like_predict(client: httpx.Client, tmp_path: Path) -> N
     detail = post(client, "/v1/adapt", {"model": "omniglot", "support": []}, 422)["detail"]
     assert detail.startswith("support:")
     assert client.post("/v1/adapt", json={"support": [], "query": []}).status_code == 422
+
+
+def test_sdk_adapt_then_predict_sync_and_async(server: ServerProcess) -> None:
+    import asyncio
+    import base64
+
+    from innerloop_client import AsyncClient, Client, NotFoundError
+
+    body = image_request(3, 2, 4, seed=11, model="omniglot-film")
+    pairs = [(base64.b64decode(item["x"]), item["y"]) for item in body["support"]]
+    query = [base64.b64decode(x) for x in body["query"]]
+    with Client(server.url) as client:
+        direct = client.predict(pairs, query, model="omniglot-film")
+        adapter = client.adapt(pairs, model="omniglot-film")
+        assert adapter.result.adaptation.scope == "film"
+        result = adapter.predict(query, top_k=2)
+        assert [p.label for p in result.predictions] == [p.label for p in direct.predictions]
+        assert result.adaptation.adapter == adapter.id
+        with pytest.raises(NotFoundError, match="adapt"):
+            client._send(
+                "POST", "/v1/predict", client._encode_json({"adapter": "ad-0", "query": ["x"]})
+            )
+
+    async def run() -> list[str | int]:
+        async with AsyncClient(server.url) as client:
+            adapter = await client.adapt(pairs, model="omniglot-film")
+            answer = await adapter.predict(query)
+            return [p.label for p in answer.predictions]
+
+    assert asyncio.run(run()) == [p.label for p in direct.predictions]

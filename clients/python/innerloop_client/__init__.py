@@ -15,7 +15,7 @@ Only httpx and pydantic are required; Pillow (``[pillow]``) and numpy
 (``[numpy]``) are needed only for the input types that use them.
 """
 
-from ._client import AsyncClient, Client, build_predict_body
+from ._client import Adapter, AsyncAdapter, AsyncClient, Client, build_predict_body
 from ._encoding import (
     ImageInput,
     Input,
@@ -40,6 +40,7 @@ from ._errors import (
 )
 from ._types import (
     Adaptation,
+    AdaptResult,
     ModelCard,
     ModelList,
     Prediction,
@@ -49,7 +50,10 @@ from ._types import (
 from ._version import __version__
 
 __all__ = [
+    "AdaptResult",
     "Adaptation",
+    "Adapter",
+    "AsyncAdapter",
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",

@@ -37,10 +37,10 @@ from ._errors import (
     ResponseFormatError,
     error_from_response,
 )
-from ._types import ModelCard, ModelList, PredictResult
+from ._types import AdaptResult, ModelCard, ModelList, PredictResult
 from ._version import __version__
 
-__all__ = ["AsyncClient", "Client", "build_predict_body"]
+__all__ = ["Adapter", "AsyncAdapter", "AsyncClient", "Client", "build_predict_body"]
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
@@ -173,9 +173,10 @@ def build_predict_body(
     steps: int | None = None,
     lr: float | None = None,
     top_k: int | None = None,
+    adapt_only: bool = False,
 ) -> dict[str, Any]:
     """Build the JSON body of ``POST /v1/predict``; optional fields left ``None`` are omitted
-    so the server's (bounded) defaults apply."""
+    so the server's (bounded) defaults apply. ``adapt_only`` skips the query (``/v1/adapt``)."""
     _check_optional_int("steps", steps, 0)
     _check_optional_int("top_k", top_k, 1)
     if lr is not None:
@@ -187,7 +188,7 @@ def build_predict_body(
     if model is not None:
         body["model"] = model
     body["support"] = _build_support(support)
-    body["query"] = _build_query(query)
+    body["query"] = [] if adapt_only else _build_query(query)
     if steps is not None:
         body["steps"] = steps
     if lr is not None:
@@ -195,6 +196,64 @@ def build_predict_body(
     if top_k is not None:
         body["top_k"] = top_k
     return body
+
+
+def build_adapt_body(
+    support: Any, *, model: str | None = None, steps: int | None = None, lr: float | None = None
+) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/adapt`` (a predict body without query and top_k)."""
+    body = build_predict_body(support, [], model=model, steps=steps, lr=lr, adapt_only=True)
+    del body["query"]
+    return body
+
+
+def build_adapter_predict_body(
+    adapter: str, query: Any, *, top_k: int | None = None
+) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/predict`` with an adapter: queries only."""
+    _check_optional_int("top_k", top_k, 1)
+    body: dict[str, Any] = {"adapter": adapter, "query": _build_query(query)}
+    if top_k is not None:
+        body["top_k"] = top_k
+    return body
+
+
+class Adapter:
+    """A support set adapted once on the server (``Client.adapt``); predict with it many times.
+
+    The server keeps adapters in a bounded cache: when this one was evicted, ``predict`` raises
+    :class:`NotFoundError`; call ``Client.adapt`` again with the same support (same id).
+    """
+
+    def __init__(self, client: Client, result: AdaptResult) -> None:
+        self.client = client
+        self.result = result
+        self.id = result.adapter
+
+    def __repr__(self) -> str:
+        return f"Adapter({self.id!r}, model={self.result.model!r})"
+
+    def predict(self, query: Sequence[Input], top_k: int | None = None) -> PredictResult:
+        body = build_adapter_predict_body(self.id, query, top_k=top_k)
+        response = self.client._send("POST", "/v1/predict", self.client._encode_json(body))
+        return self.client._parse(PredictResult, response)
+
+
+class AsyncAdapter:
+    """:class:`Adapter` for :class:`AsyncClient`."""
+
+    def __init__(self, client: AsyncClient, result: AdaptResult) -> None:
+        self.client = client
+        self.result = result
+        self.id = result.adapter
+
+    def __repr__(self) -> str:
+        return f"AsyncAdapter({self.id!r}, model={self.result.model!r})"
+
+    async def predict(self, query: Sequence[Input], top_k: int | None = None) -> PredictResult:
+        body = build_adapter_predict_body(self.id, query, top_k=top_k)
+        response = await self.client._send("POST", "/v1/predict", self.client._encode_json(body))
+        return self.client._parse(PredictResult, response)
 
 
 def _decode_body(response: httpx.Response) -> Any:
@@ -411,6 +470,21 @@ class Client(_ClientBase):
         response = self._send("POST", "/v1/predict", self._encode_json(body))
         return self._parse(PredictResult, response)
 
+    def adapt(
+        self,
+        support: Mapping[Label, Sequence[Input]]
+        | Sequence[tuple[Input, Target]]
+        | Sequence[Mapping[str, Any]],
+        model: str | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+    ) -> Adapter:
+        """Adapt once to ``support`` (``POST /v1/adapt``); ``adapter.predict(query)`` then
+        answers without adapting again. Arguments as in :meth:`predict`."""
+        body = build_adapt_body(support, model=model, steps=steps, lr=lr)
+        response = self._send("POST", "/v1/adapt", self._encode_json(body))
+        return Adapter(self, self._parse(AdaptResult, response))
+
     def model_list(self) -> ModelList:
         """``GET /v1/models``: every model card and the default model's name."""
         return self._parse(ModelList, self._send("GET", "/v1/models"))
@@ -518,6 +592,20 @@ class AsyncClient(_ClientBase):
         body = build_predict_body(support, query, model=model, steps=steps, lr=lr, top_k=top_k)
         response = await self._send("POST", "/v1/predict", self._encode_json(body))
         return self._parse(PredictResult, response)
+
+    async def adapt(
+        self,
+        support: Mapping[Label, Sequence[Input]]
+        | Sequence[tuple[Input, Target]]
+        | Sequence[Mapping[str, Any]],
+        model: str | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+    ) -> AsyncAdapter:
+        """Adapt once to ``support``; see :meth:`Client.adapt`."""
+        body = build_adapt_body(support, model=model, steps=steps, lr=lr)
+        response = await self._send("POST", "/v1/adapt", self._encode_json(body))
+        return AsyncAdapter(self, self._parse(AdaptResult, response))
 
     async def model_list(self) -> ModelList:
         """``GET /v1/models``: every model card and the default model's name."""

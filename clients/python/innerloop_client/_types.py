@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "AdaptResult",
     "Adaptation",
     "ModelCard",
     "ModelList",
@@ -60,13 +61,32 @@ class Adaptation(BaseModel):
         lr: Inner-loop step size used (a scale factor for learned step sizes).
         support_loss: Support-set loss ``(before, after)`` adaptation: a cheap sanity
             check that adaptation did something.
-        ms: Server-side time spent adapting and predicting, in milliseconds.
+        ms: Server-side time of this request in adapting and predicting, in milliseconds
+            (its share of the call it was batched into).
+        batch_size: Requests that shared one adaptation call with this one.
+        batch_ms: Wall time of that whole shared call.
+        scope: What the inner loop adapted (``all``, ``film``, ``last``, ``head``).
+        adapter: The adapter id, when the request used one or ``adapt()`` made one.
     """
 
     steps: int
     lr: float
     support_loss: tuple[float, float]
     ms: float
+    batch_size: int = 1
+    batch_ms: float = 0.0
+    scope: str = "all"
+    adapter: str | None = None
+
+
+class AdaptResult(BaseModel):
+    """The response of ``POST /v1/adapt``: an adapter id to predict with, and how it was made."""
+
+    model: str
+    task: Literal["classification", "regression"]
+    adapter: str
+    labels: list[str | int]
+    adaptation: Adaptation
 
 
 class PredictResult(BaseModel):
