@@ -1,14 +1,22 @@
-"""Latency and throughput of ``innerloop serve``, with request batching off and on.
+"""Latency and throughput of ``innerloop serve`` against a naive per-request PyTorch loop.
 
 Starts a real server per batching setting (``--max-batch-size 1`` = off, ``--batch`` = on),
 side by side, and drives each in turn with 1, 8 and 32 closed-loop clients (threads, one httpx
 connection each) sending Omniglot-shaped requests (105x105 PNG drawings, as a user would send
-them). Prints one table: p50 / p99 latency, requests per second, and how many requests shared
-each adaptation call on average (read from the server's ``/metrics``).
+them). In the same run it measures:
+
+- the **naive reference**: in this process, per request, deep-copy the Conv4, run plain
+  ``torch.optim.SGD`` for the same steps and lr on the (already decoded) support set from the
+  same prototype head, forward the queries: what a user would write without innerloop;
+- **predict with an adapter**: ``POST /v1/adapt`` once, then ``/v1/predict`` with the adapter id
+  and 5 queries.
+
+Prints one table: p50 / p99 latency, requests per second, how many requests shared each
+adaptation call (from ``/metrics``), and the ratios the issue's targets are stated in.
 
     python benchmarks/bench_server.py                      # checkpoints/omniglot.safetensors
     python benchmarks/bench_server.py --quick              # a short run
-    python benchmarks/bench_server.py --checkpoint PATH --threads 4 --seconds 20
+    python benchmarks/bench_server.py --scope film --steps 10 --threads 2
 
 Without ``--checkpoint`` and without ``checkpoints/omniglot.safetensors`` a random-initialised
 default Conv4 (64 filters, proto head, 5 inner steps) stands in: speed does not depend on what
@@ -19,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import io
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
@@ -37,6 +45,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,14 +66,78 @@ def drawing(cls: int, example: int, size: int = 105) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def request_body(ways: int, shots: int, queries: int, seed: int) -> bytes:
+def request_body(ways: int, shots: int, queries: int, seed: int, **extra: object) -> bytes:
     support = [
         {"x": drawing(seed * 1000 + c, s), "y": f"char-{c}"}
         for c in range(ways)
         for s in range(shots)
     ]
     query = [drawing(seed * 1000 + q % ways, 100 + q) for q in range(queries)]
-    return json.dumps({"support": support, "query": query}).encode()
+    return json.dumps({"support": support, "query": query, **extra}).encode()
+
+
+# ---- the naive reference -----------------------------------------------------------------------
+def decoded(body: bytes, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A request's support x, y and queries as the model's tensors (decoding is not timed)."""
+    from innerloop.preprocessing import prepare_image
+
+    request = json.loads(body)
+
+    def tensor(item: str) -> torch.Tensor:
+        image = Image.open(io.BytesIO(base64.b64decode(item)))
+        return torch.from_numpy(prepare_image(image, size).astype(np.float32) / 255.0)[None]
+
+    labels = sorted({item["y"] for item in request["support"]})
+    support_x = torch.stack([tensor(item["x"]) for item in request["support"]])
+    support_y = torch.tensor([labels.index(item["y"]) for item in request["support"]])
+    query_x = torch.stack([tensor(item) for item in request["query"]])
+    return support_x, support_y, query_x
+
+
+def naive_adapt_and_predict(
+    body_template: torch.nn.Module,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    steps: int,
+    lr: float,
+) -> torch.Tensor:
+    """Deep-copy the body, prototype head, ``steps`` of SGD on everything, forward the queries."""
+    body = copy.deepcopy(body_template)
+    ways = int(support_y.max()) + 1
+    with torch.no_grad():
+        feats = body(support_x)
+        protos = torch.stack([feats[support_y == c].mean(0) for c in range(ways)])
+    head = torch.nn.Linear(feats.shape[1], ways)
+    with torch.no_grad():
+        head.weight.copy_(2 * protos)
+        head.bias.copy_(-(protos**2).sum(-1))
+    optimiser = torch.optim.SGD([*body.parameters(), *head.parameters()], lr=lr)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(head(body(support_x)), support_y).backward()
+        optimiser.step()
+    with torch.no_grad():
+        return torch.softmax(head(body(query_x)), -1)
+
+
+def run_naive(checkpoint: Path, bodies: list[bytes], steps: int, seconds: float) -> Level:
+    """The naive loop on the same requests, one at a time, for ``seconds`` (at least 3)."""
+    from innerloop.checkpoint import load_checkpoint
+
+    learner, card = load_checkpoint(checkpoint)
+    template = copy.deepcopy(learner.body)
+    template.load_state_dict({k[len("body.") :]: v for k, v in learner.params.items()})
+    tensors = [decoded(b, card["input"]["size"]) for b in bodies]
+    lr = learner.inner.lr
+    naive_adapt_and_predict(template, *tensors[0], steps, lr)  # warm-up
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    while len(latencies) < 3 or time.monotonic() < deadline:
+        started = time.perf_counter()
+        naive_adapt_and_predict(template, *tensors[len(latencies) % len(tensors)], steps, lr)
+        latencies.append(time.perf_counter() - started)
+    return summarise(latencies, sum(latencies), float("nan"))
 
 
 # ---- the server -----------------------------------------------------------------------------
@@ -150,7 +223,21 @@ class Level:
     mean_batch: float
 
 
-def run_level(server: Server, bodies: list[bytes], clients: int, seconds: float) -> Level:
+def summarise(latencies: list[float], wall: float, mean_batch: float) -> Level:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return Level(
+        p50_ms=statistics.median(ordered) * 1000,
+        p99_ms=p99 * 1000,
+        rps=len(ordered) / wall,
+        requests=len(ordered),
+        mean_batch=mean_batch,
+    )
+
+
+def run_level(
+    server: Server, bodies: list[bytes], clients: int, seconds: float, path: str = "/v1/predict"
+) -> Level:
     """``clients`` closed-loop clients for ``seconds`` (each sends at least one request)."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -165,7 +252,7 @@ def run_level(server: Server, bodies: list[bytes], clients: int, seconds: float)
             while sent == 0 or time.monotonic() < deadline[0]:
                 body = bodies[(index + sent * clients) % len(bodies)]
                 started = time.perf_counter()
-                response = http.post(server.url + "/v1/predict", content=body)
+                response = http.post(server.url + path, content=body)
                 elapsed = time.perf_counter() - started
                 with lock:
                     if response.status_code == 200:
@@ -187,58 +274,94 @@ def run_level(server: Server, bodies: list[bytes], clients: int, seconds: float)
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
     after = server.calls()
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     calls = after[1] - before[1]
-    return Level(
-        p50_ms=statistics.median(ordered) * 1000,
-        p99_ms=p99 * 1000,
-        rps=len(ordered) / wall,
-        requests=len(ordered),
-        mean_batch=(after[0] - before[0]) / calls if calls else float("nan"),
-    )
+    return summarise(latencies, wall, (after[0] - before[0]) / calls if calls else float("nan"))
+
+
+def adapter_bodies(server: Server, bodies: list[bytes], queries: int = 5) -> list[bytes]:
+    """Adapt each request's support once; predict bodies with its adapter and ``queries``."""
+    out = []
+    for body in bodies:
+        request = json.loads(body)
+        adapt = {k: v for k, v in request.items() if k != "query"}
+        response = httpx.post(server.url + "/v1/adapt", json=adapt, timeout=600)
+        response.raise_for_status()
+        query = request["query"][:queries]
+        out.append(json.dumps({"adapter": response.json()["adapter"], "query": query}).encode())
+    return out
 
 
 # ---- main -------------------------------------------------------------------------------------
-def checkpoint_folder(path: Path | None, workdir: Path) -> tuple[Path, str]:
-    folder = workdir / "checkpoints"
-    folder.mkdir()
-    shipped = REPO / "checkpoints" / "omniglot.safetensors"
-    source = path or (shipped if shipped.exists() else None)
-    if source is not None:
-        shutil.copy(source, folder / "omniglot.safetensors")
-        return folder, str(source)
-    from innerloop.checkpoint import build_card, save_checkpoint
+def checkpoint_folder(path: Path | None, workdir: Path, scope: str | None) -> tuple[Path, str]:
+    """The served folder: the checkpoint as shipped, or re-scoped with ``--scope``."""
+    from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
     from innerloop.learner import Learner
     from innerloop.models import ArchConfig
 
-    learner = Learner.create(ArchConfig(kind="conv4"), head="proto")
-    save_checkpoint(learner, folder / "omniglot.safetensors", build_card(learner, "omniglot"))
-    return folder, "random-init Conv4 (64 filters, proto head, 5 inner steps, lr 0.4)"
+    folder = workdir / "checkpoints"
+    folder.mkdir()
+    target = folder / "omniglot.safetensors"
+    shipped = REPO / "checkpoints" / "omniglot.safetensors"
+    source = path or (shipped if shipped.exists() else None)
+    if source is None:
+        learner = Learner.create(ArchConfig(kind="conv4"), head="proto")
+        card = build_card(learner, "omniglot")
+        model = "random-init Conv4 (64 filters, proto head, 5 inner steps, lr 0.4)"
+    else:
+        learner, card = load_checkpoint(source)
+        model = str(source)
+    if scope is not None and scope != learner.scope:
+        learner = learner.with_scope(scope)
+        card = {**card, "adaptation": build_card(learner, "omniglot")["adaptation"]}
+        model += f" re-scoped to {scope!r}"
+    save_checkpoint(learner, target, card)
+    inner = learner.inner
+    return folder, f"{model}; scope {learner.scope}, card loop {inner.steps} steps, lr {inner.lr}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--quick", action="store_true", help="short levels (~2-3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short levels (~3-4 minutes)")
     parser.add_argument("--seconds", type=float, default=None, help="duration of each level")
     parser.add_argument("--clients", default="1,8,32", help="comma-separated concurrency levels")
     parser.add_argument("--batch", type=int, default=16, help="max_batch_size with batching on")
     parser.add_argument("--batch-timeout", type=float, default=0.005)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--scope", default=None, help="serve the checkpoint re-scoped (all, film, last, head)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="inner steps sent with every 5-way 1-shot request and used by the naive loop "
+        "(default: the card's); 20-way 5-shot requests always use the card's loop",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 15.0)
     levels = [int(c) for c in args.clients.split(",")]
     settings = {"off": 1, "on": args.batch}
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="innerloop-bench-") as tmp:
-        folder, model = checkpoint_folder(args.checkpoint, Path(tmp))
-        bodies = {
-            name: [request_body(*shape, seed=s) for s in range(8)] for name, shape in SHAPES.items()
-        }
+        folder, model = checkpoint_folder(args.checkpoint, Path(tmp), args.scope)
+        from innerloop.checkpoint import read_card
+
+        card_steps = int(read_card(folder / "omniglot.safetensors")["inner_loop"]["steps"])
+        bodies = {}
+        for name, shape in SHAPES.items():
+            extra = {"steps": args.steps} if name == "5-way 1-shot" and args.steps else {}
+            bodies[name] = [request_body(*shape, seed=s, **extra) for s in range(8)]
         results: dict[tuple[str, int, str], Level] = {}
+        naive: dict[str, Level] = {}
+        naive_steps = {
+            name: (args.steps or card_steps) if name == "5-way 1-shot" else card_steps
+            for name in SHAPES
+        }
         # both servers run side by side (an idle one costs nothing) and every level is measured
         # on one right after the other, so drifting background load hits both settings alike
         servers: dict[str, Server] = {}
@@ -248,6 +371,10 @@ def main() -> int:
             for name in SHAPES:
                 for server in servers.values():
                     run_level(server, bodies[name][:2], 1, 0.0)  # warm-up
+                naive[name] = run_naive(
+                    folder / "omniglot.safetensors", bodies[name], naive_steps[name], seconds
+                )
+                print(f"  naive loop     {name:14s}  1 client : p50 {naive[name].p50_ms:8.1f} ms")
                 for clients in levels:
                     for setting, server in servers.items():
                         level = run_level(server, bodies[name], clients, seconds)
@@ -257,6 +384,12 @@ def main() -> int:
                             f"p50 {level.p50_ms:8.1f} ms  {level.rps:6.2f} req/s",
                             flush=True,
                         )
+            adapted = adapter_bodies(servers["on"], bodies["5-way 1-shot"])
+            run_level(servers["on"], adapted[:2], 1, 0.0)
+            for clients in (1, max(levels)):
+                level = run_level(servers["on"], adapted, clients, seconds)
+                results[("adapter, 5 queries", clients, "on")] = level
+                print(f"  adapter predict {clients:3d} clients: p50 {level.p50_ms:8.1f} ms")
         finally:
             for server in servers.values():
                 server.stop()
@@ -266,37 +399,58 @@ def main() -> int:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, device {args.device}, "
         f"torch threads {args.threads or 'default'}; {seconds:g} s per level "
-        f"(every client sends at least one request)"
+        f"(every client sends at least one request); inner steps: 5-way 1-shot "
+        f"{naive_steps['5-way 1-shot']}, 20-way 5-shot {naive_steps['20-way 5-shot']}"
     )
     header = (
-        f"{'request':14s} {'clients':>7s} | {'batching off (max_batch_size 1)':^33s} | "
-        f"{f'batching on (max_batch_size {args.batch})':^44s} | {'throughput':>10s}"
+        f"{'request':14s} {'clients':>7s} | {'naive':>7s} | "
+        f"{'batching off (max_batch_size 1)':^33s} | {f'batching on (max_batch_size {args.batch})':^44s} | {'on / off':>8s}"
     )
     print(header)
     print(
-        f"{'':14s} {'':>7s} | {'p50 ms':>9s} {'p99 ms':>9s} {'req/s':>7s} {'n':>4s} | "
-        f"{'p50 ms':>9s} {'p99 ms':>9s} {'req/s':>7s} {'n':>4s} {'per call':>9s} | "
-        f"{'on / off':>10s}"
+        f"{'':14s} {'':>7s} | {'p50 ms':>7s} | {'p50 ms':>9s} {'p99 ms':>9s} {'req/s':>7s} "
+        f"{'n':>4s} | {'p50 ms':>9s} {'p99 ms':>9s} {'req/s':>7s} {'n':>4s} {'per call':>9s} | "
+        f"{'req/s':>8s}"
     )
     print("-" * len(header))
     for name in SHAPES:
         for clients in levels:
             off, on = results[(name, clients, "off")], results[(name, clients, "on")]
+            reference = f"{naive[name].p50_ms:7.1f}" if clients == 1 else f"{'':7s}"
             print(
-                f"{name:14s} {clients:7d} | {off.p50_ms:9.1f} {off.p99_ms:9.1f} {off.rps:7.2f} "
-                f"{off.requests:4d} | {on.p50_ms:9.1f} {on.p99_ms:9.1f} {on.rps:7.2f} "
-                f"{on.requests:4d} {on.mean_batch:9.1f} | {on.rps / off.rps:9.2f}x"
+                f"{name:14s} {clients:7d} | {reference} | {off.p50_ms:9.1f} {off.p99_ms:9.1f} "
+                f"{off.rps:7.2f} {off.requests:4d} | {on.p50_ms:9.1f} {on.p99_ms:9.1f} "
+                f"{on.rps:7.2f} {on.requests:4d} {on.mean_batch:9.1f} | {on.rps / off.rps:7.2f}x"
             )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                [
-                    {"request": k[0], "clients": k[1], "batching": k[2], **vars(v)}
-                    for k, v in results.items()
-                ],
-                indent=2,
-            )
+    for clients in (1, max(levels)):
+        on = results[("adapter, 5 queries", clients, "on")]
+        print(
+            f"{'adapter, 5 q.':14s} {clients:7d} | {'':7s} | {'':33s} | {on.p50_ms:9.1f} "
+            f"{on.p99_ms:9.1f} {on.rps:7.2f} {on.requests:4d} {'':9s} |"
         )
+    small, top = "5-way 1-shot", max(levels)
+    best_single = min(results[(small, 1, s)].p50_ms for s in settings)
+    print()
+    print("targets (issue 9), measured above:")
+    print(
+        f"  5-way 1-shot served p50 / naive p50 ({naive_steps[small]} steps): "
+        f"{best_single / naive[small].p50_ms:.2f} (target <= 0.5)"
+    )
+    scaling = results[(small, top, "on")].rps / results[(small, 1, "on")].rps
+    print(f"  5-way 1-shot throughput {top} clients / 1 client: {scaling:.2f}x (target >= 4x)")
+    big = min(results[("20-way 5-shot", 1, s)].p50_ms for s in settings)
+    print(f"  20-way 5-shot p50, card's loop, 1 client: {big:.1f} ms (target <= 150 ms)")
+    adapter = results[("adapter, 5 queries", 1, "on")].p50_ms
+    print(f"  predict with a cached adapter, 5 queries, p50: {adapter:.1f} ms (target <= 10 ms)")
+    if args.json:
+        rows = [
+            {"request": k[0], "clients": k[1], "batching": k[2], **vars(v)}
+            for k, v in results.items()
+        ]
+        rows += [
+            {"request": k, "clients": 1, "batching": "naive", **vars(v)} for k, v in naive.items()
+        ]
+        args.json.write_text(json.dumps(rows, indent=2))
     return 0
 
 
