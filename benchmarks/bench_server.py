@@ -404,7 +404,8 @@ def main() -> int:
     )
     header = (
         f"{'request':14s} {'clients':>7s} | {'naive':>7s} | "
-        f"{'batching off (max_batch_size 1)':^33s} | {f'batching on (max_batch_size {args.batch})':^44s} | {'on / off':>8s}"
+        f"{'batching off (max_batch_size 1)':^33s} | "
+        f"{f'batching on (max_batch_size {args.batch})':^44s} | {'on / off':>8s}"
     )
     print(header)
     print(
