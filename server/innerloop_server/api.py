@@ -103,7 +103,10 @@ class InnerloopAPI(ls.LitAPI):
         )
 
     def decode_request(self, request: PredictRequest, **kwargs: Any) -> Task:
-        # also receives AdaptRequest: the /v1/adapt route feeds this same worker queue
+        # the HTTP process decodes (app._route_through_decoding) and sends a Task; requests with
+        # an adapter arrive as they are, since only this worker knows the adapter
+        if isinstance(request, Task):
+            return request
         started = time.perf_counter()
         if isinstance(request, PredictRequest) and request.adapter is not None:
             task = self._decode_adapter_request(request)

@@ -25,15 +25,18 @@ from typing import Any
 
 import litserve as ls
 import torch
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from litserve.server import RegularRequestHandler
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from innerloop_server import logs
 from innerloop_server.api import ADAPT_PATH, API_PATH, InnerloopAPI
+from innerloop_server.decoding import Task, decode_request
 from innerloop_server.errors import validation_detail
 from innerloop_server.limits import Limits
 from innerloop_server.metrics import cleanup, enable_multiprocess, render
@@ -44,7 +47,7 @@ from innerloop_server.middleware import (
     RequestLogMiddleware,
 )
 from innerloop_server.registry import Registry, summarize_card
-from innerloop_server.schemas import AdaptRequest, AdaptResponse
+from innerloop_server.schemas import AdaptRequest, AdaptResponse, PredictRequest, PredictResponse
 
 FASTAPI_PARSE_ERROR = "There was an error parsing the body"
 
@@ -102,7 +105,7 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         ],
     }
 
-    _add_adapt_route(server, api)
+    _route_through_decoding(server, api, registry, config.limits)
 
     @app.get("/v1/models", tags=["models"], summary="Cards of the models this server serves")
     async def list_models() -> dict[str, Any]:
@@ -146,21 +149,64 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
     return server
 
 
-def _add_adapt_route(server: ls.LitServer, api: InnerloopAPI) -> None:
-    """``POST /v1/adapt`` on the /v1/predict worker queue, so the adapters it makes live in
-    the very worker that later predicts with them (LitServe gives every api_path its own
-    workers, and a second LitAPI could not see the first one's cache)."""
+def _route_through_decoding(
+    server: ls.LitServer, api: InnerloopAPI, registry: Registry, limits: Limits
+) -> None:
+    """``POST /v1/predict`` and ``POST /v1/adapt`` decode in the HTTP process, then queue.
+
+    LitServe 0.2.19 calls ``decode_request`` inside the inference worker, serialised with
+    ``predict``: base64 and PNG decoding of one request full of images would stall every other
+    request's adaptation, and on a 2-core machine the worker would do all the work while the
+    HTTP process idles. Here the (validated) request is decoded to a
+    :class:`~innerloop_server.decoding.Task` of arrays in a thread of the HTTP process, so
+    decoding overlaps the worker's adaptation and a bad image is refused before it is queued.
+    The worker's ``decode_request`` passes a ``Task`` through.
+
+    ``/v1/adapt`` is fed to the /v1/predict worker queue so the adapters it makes live in the
+    very worker that later predicts with them (LitServe gives every api_path its own workers).
+    Requests that use an ``adapter`` are decoded in the worker, where the adapter (and so its
+    model) is known.
+    """
     handler = RegularRequestHandler(api, server)
 
+    async def submit(task: Task) -> Any:
+        return await handler.handle_request(task, Task)
+
+    async def predict(request: PredictRequest) -> PredictResponse:
+        if request.adapter is not None:
+            response: PredictResponse = await handler.handle_request(request, PredictRequest)
+            return response
+        task = await run_in_threadpool(decode_request, request, registry, limits)
+        answer: PredictResponse = await submit(task)
+        return answer
+
     async def adapt(request: AdaptRequest) -> AdaptResponse:
-        response: AdaptResponse = await handler.handle_request(request, AdaptRequest)
+        task = await run_in_threadpool(decode_request, request, registry, limits)
+        response: AdaptResponse = await submit(task)
         return response
 
-    server.app.add_api_route(
+    app = server.app
+    app.router.routes = [
+        route
+        for route in app.router.routes
+        if not (isinstance(route, APIRoute) and route.path == API_PATH)
+    ]
+    auth = [Depends(server.setup_auth(api))]
+    app.add_api_route(
+        API_PATH,
+        predict,
+        methods=["POST"],
+        response_model=PredictResponse,
+        dependencies=auth,
+        tags=["predict"],
+        summary="Adapt to the support set and predict the queries (or predict with an adapter)",
+    )
+    app.add_api_route(
         ADAPT_PATH,
         adapt,
         methods=["POST"],
         response_model=AdaptResponse,
+        dependencies=auth,
         tags=["predict"],
         summary="Adapt once on a support set; predict many times with the returned adapter id",
     )

@@ -23,6 +23,7 @@ import base64
 import binascii
 import io
 import re
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -74,6 +75,7 @@ def decode_request(
     adapt_only = isinstance(request, AdaptRequest)
     if not adapt_only and getattr(request, "adapter", None) is not None:
         raise request_error(422, "adapter", "use decode_adapter_query for adapter requests")
+    started = time.perf_counter()
     model = registry.get(request.model)
     _check_counts(request, limits)
     steps = model.learner.inner.steps if request.steps is None else request.steps
@@ -120,8 +122,19 @@ def decode_request(
     if top_k is not None:
         top_k = min(top_k, len(labels))
     kind = "adapt" if adapt_only else "predict"
+    decode_ms = (time.perf_counter() - started) * 1000.0
     return Task(
-        model.name, model.task, steps, lr, top_k, labels, support_x, support_y, query_x, kind=kind
+        model.name,
+        model.task,
+        steps,
+        lr,
+        top_k,
+        labels,
+        support_x,
+        support_y,
+        query_x,
+        decode_ms=decode_ms,
+        kind=kind,
     )
 
 
