@@ -39,12 +39,19 @@ class InnerLoop:
     first_order: bool = False
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
+    # stop a task once one more step improves its support loss by less than this (0: never);
+    # serving and evaluation only (no graph), SGD only
+    tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"inner steps must be >= 0, got {self.steps}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"inner optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        if self.tolerance < 0:
+            raise ValueError(f"inner tolerance must be >= 0, got {self.tolerance}")
+        if self.tolerance > 0 and self.optimizer != "sgd":
+            raise ValueError("an inner-loop tolerance (early stop) needs the sgd optimizer")
 
 
 class AdaptableModel(Protocol):
@@ -185,6 +192,7 @@ class Predictions:
     loss_before: Tensor  # [tasks]
     loss_after: Tensor  # [tasks]
     params: Params | None = None  # adapted tensors per task (leading task dim), if kept
+    steps: Tensor | None = None  # [tasks] inner steps each task ran, when the loop stops early
 
 
 def adapt_and_predict(
@@ -231,6 +239,18 @@ def adapt_and_predict(
         support_x = _apply_flat(prefix, support_x)
         query_x = _apply_flat(prefix, query_x)
     names = [*model.adapted_names(meta_params), HEAD_WEIGHT, HEAD_BIAS]
+    if loop.tolerance > 0 and loop.steps > 0:
+        return _adapt_until_converged(
+            model,
+            meta_params,
+            step_sizes,
+            (support_x, support_y, support_weight, class_mask),
+            query_x,
+            loop,
+            _resolve(batching, support_x),
+            frozenset(names),
+            keep_params,
+        )
 
     def one_task(sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor, qx: Tensor) -> tuple[Any, ...]:
         adapted = adapt(model, meta_params, step_sizes, sx, sy, sw, cm, loop)
@@ -247,6 +267,97 @@ def adapt_and_predict(
         outputs, before, after = (torch.stack(p) for p in list(zip(*per_task, strict=True))[:3])
         kept = {k: torch.stack([task[3][k] for task in per_task]) for k in per_task[0][3]}
     return Predictions(outputs, before, after, kept if keep_params else None)
+
+
+def _adapt_until_converged(
+    model: AdaptableModel,
+    meta_params: Params,
+    step_sizes: Mapping[str, Tensor],
+    support: tuple[Tensor, Tensor, Tensor, Tensor],
+    query_x: Tensor,
+    loop: InnerLoop,
+    batching: str,
+    names: frozenset[str],
+    keep_params: bool,
+) -> Predictions:
+    """The SGD inner loop, stepped for all tasks at once, each task stopping on its own.
+
+    Each step is one vectorised call over the tasks; a task whose last step improved its support
+    loss by less than ``loop.tolerance`` keeps its parameters from then on (its later updates are
+    masked out), and the loop ends when every task has stopped. A task therefore gets the same
+    answer alone or in any batch. Same loss, gradient and update as :func:`adapt`.
+    """
+    fixed = {k: v for k, v in meta_params.items() if k not in names}
+    each = vmap if batching == "vmap" else _per_task
+
+    def start(sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor) -> Params:
+        params = model.task_parameters(meta_params, sx, sy, sw, cm)
+        return {k: v for k, v in params.items() if k in names}
+
+    def support_loss(fast: Params, sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor) -> Tensor:
+        return model.loss(model.forward({**fixed, **fast}, sx, cm), sy, sw)
+
+    def step(fast: Params, sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor) -> tuple[Params, Tensor]:
+        grads, loss = grad_and_value(support_loss)(fast, sx, sy, sw, cm)
+        return {k: p - step_sizes[k] * grads[k].detach() for k, p in fast.items()}, loss
+
+    fast = each(start)(*support)
+    tasks = support[0].shape[0]
+    done = torch.zeros(tasks, dtype=torch.bool, device=support[0].device)
+    ran = torch.zeros(tasks, dtype=torch.long, device=support[0].device)
+    before: Tensor | None = None
+    previous: Tensor | None = None
+    for _ in range(loop.steps):
+        updated, loss = each(step)(fast, *support)
+        if before is None:
+            before = loss
+        if previous is not None:
+            done = done | (previous - loss < loop.tolerance)
+            if bool(done.all()):
+                break
+        fast = {
+            k: torch.where(done.view(-1, *([1] * (v.dim() - 1))), v, updated[k])
+            for k, v in fast.items()
+        }
+        ran = ran + (~done).long()
+        previous = loss
+    after = each(support_loss)(fast, *support)
+
+    def predict(params: Params, qx: Tensor, cm: Tensor) -> Tensor:
+        return model.forward({**fixed, **params}, qx, cm)
+
+    outputs = each(predict)(fast, query_x, support[3])
+    return Predictions(
+        outputs, after if before is None else before, after, fast if keep_params else None, ran
+    )
+
+
+def _per_task(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``vmap``'s contract as a Python loop over the leading dimension (for CPU convolutions)."""
+
+    def mapped(*args: Any) -> Any:
+        tasks = _leading(args[0])
+        results = [fn(*(_index(a, i) for a in args)) for i in range(tasks)]
+        return _stack(results)
+
+    return mapped
+
+
+def _leading(tree: Any) -> int:
+    return int(next(iter(tree.values())).shape[0]) if isinstance(tree, dict) else tree.shape[0]
+
+
+def _index(tree: Any, i: int) -> Any:
+    return {k: v[i] for k, v in tree.items()} if isinstance(tree, dict) else tree[i]
+
+
+def _stack(results: list[Any]) -> Any:
+    first = results[0]
+    if isinstance(first, tuple):
+        return tuple(_stack([r[j] for r in results]) for j in range(len(first)))
+    if isinstance(first, dict):
+        return {k: torch.stack([r[k] for r in results]) for k in first}
+    return torch.stack(results)
 
 
 def predict_adapted(

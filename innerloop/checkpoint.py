@@ -64,6 +64,7 @@ def build_card(learner: Learner, name: str, extra: dict[str, Any] | None = None)
             "steps": learner.inner.steps,
             "lr": learner.inner.lr,
             "optimizer": learner.inner.optimizer,
+            "tolerance": learner.inner.tolerance,
         },
         "training": {},
         "evaluation": {},

@@ -51,9 +51,15 @@ class InnerDefaults:
     steps: int = 5
     lr: float = 0.4
     optimizer: str = "sgd"
+    tolerance: float = 0.0  # early stop: see InnerLoop.tolerance (serving and evaluation)
 
     def loop(self, steps: int | None = None, first_order: bool = True) -> InnerLoop:
-        return InnerLoop(self.steps if steps is None else steps, self.optimizer, first_order)
+        return InnerLoop(
+            self.steps if steps is None else steps,
+            self.optimizer,
+            first_order,
+            tolerance=self.tolerance,
+        )
 
 
 class Learner:

@@ -8,6 +8,7 @@ wrong split, or the wrong labels.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     for name in SCOPED:
         scoped = learner.with_scope(name.split("-")[1])
         save_checkpoint(scoped, folder / f"{name}.safetensors", build_card(scoped, name))
+    early = learner.with_scope("head")
+    early.inner = dataclasses.replace(early.inner, tolerance=0.05)
+    save_checkpoint(early, folder / "omniglot-early.safetensors", build_card(early, "early"))
     # room for a handful of tiny adapters only, so that eviction is reachable in a test
     process = ServerProcess(
         folder, tmp_path_factory.mktemp("logs") / "server.log", "--max-adapter-cache-bytes", "20000"
@@ -161,3 +165,12 @@ def test_sdk_adapt_then_predict_sync_and_async(server: ServerProcess) -> None:
             return [p.label for p in answer.predictions]
 
     assert asyncio.run(run()) == [p.label for p in direct.predictions]
+
+
+def test_the_response_says_how_many_steps_ran(client: httpx.Client) -> None:
+    body = image_request(3, 2, 2, seed=21, model="omniglot-early", steps=40, lr=0.05)
+    adaptation = post(client, "/v1/predict", body)["adaptation"]
+    assert adaptation["max_steps"] == 40
+    assert 1 <= adaptation["steps"] < 40
+    full = post(client, "/v1/predict", {**body, "model": "omniglot-head"})["adaptation"]
+    assert full["steps"] == full["max_steps"] == 40

@@ -39,6 +39,7 @@ class Adapter:
     loss_before: float
     loss_after: float
     ms: float
+    steps_run: int | None = None
 
     @property
     def nbytes(self) -> int:

@@ -207,7 +207,9 @@ class InnerloopAPI(ls.LitAPI):
         learner = self.registry.get(task.model).learner
         outputs = predict_with_adapter(learner, task, adapter.params, self.torch_device)
         ms = (time.perf_counter() - started) * 1000.0
-        return Result(outputs, adapter.loss_before, adapter.loss_after, ms, 1, ms)
+        return Result(
+            outputs, adapter.loss_before, adapter.loss_after, ms, 1, ms, steps_run=adapter.steps_run
+        )
 
     def _keep_adapters(self, group: list[Task], answers: Sequence[Result | Exception]) -> None:
         for task, answer in zip(group, answers, strict=True):
@@ -226,6 +228,7 @@ class InnerloopAPI(ls.LitAPI):
                     answer.loss_before,
                     answer.loss_after,
                     answer.ms,
+                    answer.steps_run,
                 )
             )
 
@@ -235,7 +238,8 @@ class InnerloopAPI(ls.LitAPI):
     def encode_response(self, output: Answer, **kwargs: Any) -> PredictResponse:
         task, result = output.task, output.result
         adaptation = {
-            "steps": task.steps,
+            "steps": task.steps if result.steps_run is None else result.steps_run,
+            "max_steps": task.steps,
             "lr": task.lr,
             "support_loss": [result.loss_before, result.loss_after],
             "ms": round(result.ms, 3),

@@ -44,6 +44,7 @@ class Result:
     batch_size: int  # how many requests shared the adapt_and_predict call
     batch_ms: float = 0.0  # wall time of the whole shared call
     params: dict[str, torch.Tensor] | None = None  # adapted tensors (adapt requests only)
+    steps_run: int | None = None  # inner steps this task ran (fewer when the loop stopped early)
 
 
 MAX_PADDING = 2.0  # padded support rows per real row that a shared call may process
@@ -120,6 +121,9 @@ def run_group(learner: Learner, tasks: Sequence[Task], device: torch.device | st
     after = predictions.loss_after.cpu().tolist()
     host = [_probabilities(task, outputs[i]).cpu().numpy() for i, task in enumerate(tasks)]
     kept = predictions.params or {}
+    ran = (
+        predictions.steps.cpu().tolist() if predictions.steps is not None else [steps] * len(tasks)
+    )
     batch_ms = (time.perf_counter() - started) * 1000.0
     rows = [len(t.support_x) + len(t.query_x) for t in tasks]
     results = []
@@ -127,7 +131,16 @@ def run_group(learner: Learner, tasks: Sequence[Task], device: torch.device | st
         params = {k: v[i].clone() for k, v in kept.items()} if keep else None
         share = batch_ms * rows[i] / sum(rows)
         results.append(
-            Result(host[i], float(before[i]), float(after[i]), share, len(tasks), batch_ms, params)
+            Result(
+                host[i],
+                float(before[i]),
+                float(after[i]),
+                share,
+                len(tasks),
+                batch_ms,
+                params,
+                int(ran[i]),
+            )
         )
     return results
 

@@ -104,7 +104,8 @@ class RegressionPrediction(BaseModel):
 
 
 class Adaptation(BaseModel):
-    steps: int
+    steps: int = Field(description="Inner steps run (fewer than max_steps when it converged).")
+    max_steps: int | None = Field(None, description="The step budget: requested or the card's.")
     lr: float
     support_loss: list[float] = Field(description="Support loss [before, after] adaptation.")
     ms: float = Field(

@@ -57,7 +57,9 @@ class Adaptation(BaseModel):
     """How the server adapted the model to the support set for this request.
 
     Attributes:
-        steps: Inner-loop gradient steps taken.
+        steps: Inner-loop gradient steps taken (fewer than ``max_steps`` when the model's
+            loop stops once the support loss has converged).
+        max_steps: The step budget (the request's ``steps`` or the model's default).
         lr: Inner-loop step size used (a scale factor for learned step sizes).
         support_loss: Support-set loss ``(before, after)`` adaptation: a cheap sanity
             check that adaptation did something.
@@ -73,6 +75,7 @@ class Adaptation(BaseModel):
     lr: float
     support_loss: tuple[float, float]
     ms: float
+    max_steps: int | None = None
     batch_size: int = 1
     batch_ms: float = 0.0
     scope: str = "all"
