@@ -31,6 +31,7 @@ import torch
 from innerloop_server import logs
 from innerloop_server.batching import Result, groups, run_group
 from innerloop_server.decoding import Task, decode_request
+from innerloop_server.errors import refuse_non_finite
 from innerloop_server.limits import Limits
 from innerloop_server.loop import IsolatingBatchLoop
 from innerloop_server.metrics import metrics
@@ -142,6 +143,9 @@ class InnerloopAPI(ls.LitAPI):
 
     def encode_response(self, output: Answer, **kwargs: Any) -> PredictResponse:
         task, result = output.task, output.result
+        refuse_non_finite(
+            result.outputs, [result.loss_before, result.loss_after], task.steps, task.lr
+        )
         predictions: list[dict[str, Any]] = []
         if task.task == "classification":
             ways = len(task.labels)

@@ -7,8 +7,14 @@ first, so a request with too many classes is refused before 500 images are decod
 Images: base64 (``validate=True``; a ``data:image/...;base64,`` prefix and line breaks are
 stripped) -> at most ``max_image_bytes`` -> Pillow (PNG, JPEG, WebP, GIF, BMP only) -> the
 declared width x height is checked against ``max_image_pixels`` *before* the pixels are decoded,
-with Pillow's ``DecompressionBombWarning`` turned into an error -> :func:`prepare_image` at the
-card's size -> ``uint8 / 255`` as float32 ``[1, H, W]``, exactly what evaluation feeds the model.
+with Pillow's ``DecompressionBombWarning`` turned into an error; so is the square the image
+becomes once padded (``max(w, h)^2``: a 1,048,576x1 strip is 1 Mpx decoded but 1 Tpx padded),
+and the padded pixels of the whole request against ``max_request_pixels`` -> :func:`prepare_image`
+at the card's size -> ``uint8 / 255`` as float32 ``[1, H, W]``, what evaluation feeds the model.
+
+Work: ``support x max(steps, 1) + query`` must fit ``max_work`` before anything is decoded, so
+one request cannot hold the worker for minutes. String labels must be encodable as UTF-8 (a
+lone surrogate such as ``"\ud800"`` is valid JSON but cannot be written back in a response).
 
 Vectors and regression targets must have the card's length and be finite in float32.
 
@@ -65,6 +71,25 @@ class Task:
         return (self.model, self.steps, self.lr)
 
 
+class PixelBudget:
+    """Padded pixels a request may still decode (``max_request_pixels``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, pixels: int, where: str) -> None:
+        self.used += pixels
+        if self.used > self.limit:
+            raise request_error(
+                413,
+                where,
+                f"this image brings the request to {self.used / 1e6:.1f} Mpx (each image counted "
+                f"padded to a square); at most {self.limit / 1e6:.1f} Mpx per request allowed "
+                "(send smaller images or fewer of them)",
+            )
+
+
 def decode_request(request: PredictRequest, registry: Registry, limits: Limits) -> Task:
     model = registry.get(request.model)
     _check_counts(request, limits)
@@ -76,6 +101,7 @@ def decode_request(request: PredictRequest, registry: Registry, limits: Limits) 
     lr = model.learner.inner.lr if request.lr is None else request.lr
     if not 0 < lr <= limits.max_lr:
         raise request_error(422, "lr", f"{lr} is outside the allowed range (0, {limits.max_lr}]")
+    check_work(len(request.support), steps, len(request.query), limits)
     top_k = request.top_k
     if top_k is not None:
         if model.task != "classification":
@@ -95,14 +121,15 @@ def decode_request(request: PredictRequest, registry: Registry, limits: Limits) 
         labels = []
         support_y = np.stack([_regression_target(y, i, model) for i, y in enumerate(targets)])
 
+    budget = PixelBudget(limits.max_request_pixels)
     support_x = np.stack(
         [
-            decode_input(item.x, f"support[{i}].x", model, limits)
+            decode_input(item.x, f"support[{i}].x", model, limits, budget)
             for i, item in enumerate(request.support)
         ]
     )
     query_x = np.stack(
-        [decode_input(x, f"query[{i}]", model, limits) for i, x in enumerate(request.query)]
+        [decode_input(x, f"query[{i}]", model, limits, budget) for i, x in enumerate(request.query)]
     )
 
     order = sorted(range(len(support_x)), key=lambda i: support_x[i].tobytes())
@@ -113,6 +140,19 @@ def decode_request(request: PredictRequest, registry: Registry, limits: Limits) 
     if top_k is not None:
         top_k = min(top_k, len(labels))
     return Task(model.name, model.task, steps, lr, top_k, labels, support_x, support_y, query_x)
+
+
+def check_work(support: int, steps: int, query: int, limits: Limits) -> None:
+    """413 when ``support x max(steps, 1) + query`` exceeds ``max_work``, naming what to lower."""
+    work = limits.work(support, steps, query)
+    if work > limits.max_work:
+        raise request_error(
+            413,
+            "steps",
+            f"{support} support items x {max(steps, 1)} steps + {query} queries = {work} units "
+            f"of work; at most {limits.max_work} allowed per request (--max-work): "
+            "lower steps or send fewer items",
+        )
 
 
 def _check_counts(request: PredictRequest, limits: Limits) -> None:
@@ -147,6 +187,13 @@ def _class_indices(
                 f"model {model.name!r} is a classifier: a label must "
                 f"be a string or an integer, not {kind}",
             )
+        if isinstance(y, str) and not _is_utf8(y):
+            raise request_error(
+                422,
+                where,
+                "label is not valid Unicode text (it contains a lone surrogate such as \\ud800); "
+                "send a string that can be encoded as UTF-8",
+            )
         if isinstance(y, str) and len(y) > limits.max_label_chars:
             raise request_error(
                 422,
@@ -173,6 +220,14 @@ def _class_indices(
             422, "support", f"{len(index)} classes; model {model.name!r} accepts at most {ways}"
         )
     return list(index), indices
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _renumber_by_first_appearance(
@@ -216,7 +271,9 @@ def _finite_float32(values: list[float] | list[int | float], where: str) -> np.n
 
 
 # ---- inputs ---------------------------------------------------------------------------------
-def decode_input(x: Input, where: str, model: Model, limits: Limits) -> np.ndarray:
+def decode_input(
+    x: Input, where: str, model: Model, limits: Limits, budget: PixelBudget | None = None
+) -> np.ndarray:
     """One support or query input -> float32 ``[1, H, W]`` (images) or ``[F]`` (vectors)."""
     if model.input_kind == "image":
         if not isinstance(x, str):
@@ -226,7 +283,7 @@ def decode_input(x: Input, where: str, model: Model, limits: Limits) -> np.ndarr
                 f"model {model.name!r} takes images: send a base64 "
                 "PNG/JPEG/WebP/GIF/BMP string, not a list",
             )
-        pixels = decode_image(x, where, model.image_size, limits)
+        pixels = decode_image(x, where, model.image_size, limits, budget)
         return (pixels.astype(np.float32) / 255.0)[None]
     if not isinstance(x, list):
         raise request_error(
@@ -241,7 +298,9 @@ def decode_input(x: Input, where: str, model: Model, limits: Limits) -> np.ndarr
     return _finite_float32(x, where)
 
 
-def decode_image(data: str, where: str, size: int, limits: Limits) -> np.ndarray:
+def decode_image(
+    data: str, where: str, size: int, limits: Limits, budget: PixelBudget | None = None
+) -> np.ndarray:
     """Base64 image -> ``uint8 [size, size]`` ink-high, enforcing the byte and pixel limits."""
     raw = _base64_bytes(data, where, limits)
     with warnings.catch_warnings():
@@ -262,6 +321,17 @@ def decode_image(data: str, where: str, size: int, limits: Limits) -> np.ndarray
             )
         if width == 0 or height == 0:
             raise request_error(422, where, f"image is {width}x{height}: it has no pixels")
+        side = max(width, height)
+        if side * side > limits.max_image_pixels:
+            raise request_error(
+                413,
+                where,
+                f"image is {width}x{height}, which is {side}x{side} = {side * side / 1e6:.1f} Mpx "
+                f"once padded to a square; at most {limits.max_image_pixels / 1e6:.1f} Mpx "
+                "allowed (crop it or scale it down)",
+            )
+        if budget is not None:
+            budget.spend(side * side, where)
         try:
             image.load()
             return prepare_image(image, size)
