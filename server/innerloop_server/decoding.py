@@ -84,9 +84,9 @@ class PixelBudget:
             raise request_error(
                 413,
                 where,
-                f"this image brings the request to {self.used / 1e6:.1f} Mpx (each image counted "
-                f"padded to a square); at most {self.limit / 1e6:.1f} Mpx per request allowed "
-                "(send smaller images or fewer of them)",
+                f"this image brings the request to {self.used:,} pixels (each image counted "
+                f"padded to a square); at most {self.limit:,} per request allowed "
+                "(--max-request-pixels: send smaller images or fewer of them)",
             )
 
 

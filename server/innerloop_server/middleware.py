@@ -86,10 +86,11 @@ class RequestLogMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = list(message.get("headers", []))
+                if not any(key.lower() == b"content-type" for key, _ in headers):
+                    # LitServe's /health answers "ok" with no type; the schema says text/plain
+                    headers.append((b"content-type", b"text/plain; charset=utf-8"))
+                message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
