@@ -221,6 +221,11 @@ def document_errors(app: Any) -> None:
                     continue
                 if path == "/metrics":
                     responses["200"] = {"description": "Prometheus text format", "content": _TEXT}
+                if path == "/":
+                    responses["200"] = {
+                        "description": "A page about the server",
+                        "content": {**_TEXT, "text/html": {"schema": {"type": "string"}}},
+                    }
                 responses["401"] = {
                     "description": "API key missing or wrong (servers started with one)",
                     "content": _ERROR_REF,
