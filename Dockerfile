@@ -10,7 +10,11 @@
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 .
 #   docker run --gpus all -p 8000:8000 innerloop:gpu
 #
-# Run: docker run -p 8000:8000 [-e LIT_SERVER_API_KEY=...] innerloop:cpu
+# Run: docker run -p 8000:8000 [-e INNERLOOP_API_KEY=...] innerloop:cpu
+#   With INNERLOOP_API_KEY set, every path except /health needs "X-API-Key: KEY" (or
+#   "Authorization: Bearer KEY"); /health stays open for health checks and load balancers.
+#   Stop: `docker stop -t 40 ...` lets the server finish requests in flight (it drains for up
+#   to --shutdown-grace, 30 s, on SIGTERM); docker's default 10 s cuts the drain short.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
@@ -65,13 +69,13 @@ ENV HOME=/home/innerloop
 
 EXPOSE 8000
 
-# LitServe shuts down cleanly on SIGINT; on SIGTERM (Docker's default) it kills only
-# its main process and leaves the inference workers running.
-STOPSIGNAL SIGINT
+# innerloop serve handles SIGTERM itself: it stops taking requests, answers those in flight
+# (--shutdown-grace), then stops every process (LitServe alone would leave workers running).
+STOPSIGNAL SIGTERM
 
-# python:*-slim has no curl, so probe /health with the standard library. The server
-# guards /health with the API key when one is set, so send it if configured.
+# python:*-slim has no curl, so probe /health with the standard library. /health is open
+# even with an API key, so the probe needs no secret.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import os,sys,urllib.request as u; k=os.environ.get('INNERLOOP_API_KEY') or os.environ.get('LIT_SERVER_API_KEY'); r=u.Request('http://127.0.0.1:8000/health', headers={'X-API-Key': k} if k else {}); sys.exit(0 if u.urlopen(r, timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import sys,urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
 
 CMD ["innerloop", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -4,7 +4,9 @@ Loading needs nothing but the file: the card rebuilds the architecture, says whi
 adapt, how inputs are preprocessed, the inner-loop defaults, and what the model was trained and
 evaluated on. No pickle is involved anywhere, and every way a file can be wrong (not
 safetensors, truncated, card missing or from another format version, tensors that do not fit the
-architecture) raises :class:`CheckpointError` with a message that says which.
+architecture, an architecture too large to build) raises :class:`CheckpointError` with a message
+that says which. Sizes are bounded *before* anything is allocated (:data:`ARCH_BOUNDS`,
+:data:`MAX_PARAMETERS`), so a crafted card asking for terabytes is refused, not attempted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,23 @@ FORMAT_VERSION = 1
 CARD_KEY = "innerloop_card"
 PARAM_PREFIX = "param/"
 STEP_PREFIX = "step_size/"
+
+
+# Generous bounds on what a card may ask to build (the shipped models are far inside them).
+ARCH_BOUNDS = {
+    "in_channels": 4,
+    "image_size": 512,
+    "filters": 1024,
+    "blocks": 8,
+    "norm_groups": 1024,
+    "in_features": 100_000,
+    "out_features": 10_000,
+    "hidden_width": 16_384,
+    "hidden_layers": 16,
+    "max_ways": 10_000,
+}
+MAX_PARAMETERS = 100_000_000  # 400 MB of float32
+MAX_ACTIVATIONS = 64 * 1024 * 1024  # one image's widest feature map, in elements
 
 
 class CheckpointError(ValueError):
@@ -156,13 +176,16 @@ def _parse_card(path: Path, blob: bytes) -> dict[str, Any]:
 
 def _learner_from(path: Path, card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Learner:
     try:
+        _check_size(path, card["architecture"], card["max_ways"])
         arch = ArchConfig.from_dict(card["architecture"])
         inner = InnerDefaults(**card["inner_loop"])
         frozen = frozenset(card["adaptation"]["frozen"])
         learner = Learner(
             arch, card["task"], card["head"], {}, {}, inner, frozen, int(card["max_ways"])
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointError(f"{path}: model card is incomplete or invalid ({error})") from error
     params = {k[len(PARAM_PREFIX) :]: v for k, v in tensors.items() if k.startswith(PARAM_PREFIX)}
     steps = {k[len(STEP_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STEP_PREFIX)}
@@ -186,6 +209,57 @@ def _learner_from(path: Path, card: dict[str, Any], tensors: dict[str, torch.Ten
     learner.params = {k: params[k] for k in expected.params}
     learner.step_sizes = {k: steps[k] for k in expected_frozen}
     return learner
+
+
+def _check_size(path: Path, architecture: Any, max_ways: Any) -> None:
+    """Refuse architectures beyond :data:`ARCH_BOUNDS` before building them.
+
+    The estimate counts the weights of the body, its warp-layers and a linear head over
+    ``max_ways`` classes; it is an upper bound of the real count within a few percent.
+    """
+    if not isinstance(architecture, dict):
+        raise CheckpointError(f"{path}: card architecture must be an object")
+    sizes: dict[str, int] = {"max_ways": max_ways}
+    for name in ("in_channels", "image_size", "filters", "blocks", "norm_groups"):
+        sizes[name] = architecture.get(name, 1)
+    for name in ("in_features", "out_features"):
+        sizes[name] = architecture.get(name, 1)
+    hidden = architecture.get("hidden", [40, 40])
+    if not isinstance(hidden, list | tuple):
+        raise CheckpointError(f"{path}: card architecture.hidden must be a list of integers")
+    if not all(_is_int(width) for width in hidden):
+        raise CheckpointError(f"{path}: card architecture.hidden must be a list of integers")
+    sizes["hidden_layers"] = len(hidden)
+    sizes["hidden_width"] = max(hidden, default=0)
+    for name, value in sizes.items():
+        if not _is_int(value) or value < 0:
+            raise CheckpointError(f"{path}: card {name} must be a non-negative integer")
+        if value > ARCH_BOUNDS[name]:
+            raise CheckpointError(
+                f"{path}: card asks for {name} = {value}; at most {ARCH_BOUNDS[name]} supported"
+            )
+    warp = 3 if architecture.get("warp", "none") != "none" else 1
+    if architecture.get("kind", "conv4") == "conv4":
+        filters, side = sizes["filters"], sizes["image_size"]
+        weights = 9 * filters * (sizes["in_channels"] + warp * filters * sizes["blocks"])
+        pooled = max(side >> min(sizes["blocks"], 30), 1)
+        weights += filters * pooled * pooled * max_ways  # a head over the flattened features
+        activations = max(filters, sizes["in_channels"]) * side * side
+    else:
+        widths = [sizes["in_features"], *hidden, sizes["out_features"]]
+        weights = sum(a * b for a, b in pairwise(widths))
+        weights += 2 * sum(w * w for w in hidden) if warp > 1 else 0
+        activations = max(widths)
+    if weights > MAX_PARAMETERS or activations > MAX_ACTIVATIONS:
+        raise CheckpointError(
+            f"{path}: the card's architecture would need about {weights:,} parameters "
+            f"({activations:,} activations per input); at most {MAX_PARAMETERS:,} "
+            f"({MAX_ACTIVATIONS:,}) supported"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _has_learned_step_sizes(steps: dict[str, torch.Tensor]) -> bool:

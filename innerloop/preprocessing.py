@@ -10,6 +10,9 @@ Conventions (also written into every image checkpoint's card under ``preprocessi
   so dark-on-light scans and light-on-dark canvases both work;
 - non-square images are padded with background to a square before resizing, so strokes keep
   their aspect ratio;
+- 16-bit greyscale is scaled to 8 bits (``v / 257``), not clipped: Pillow's own ``convert("L")``
+  clips every value above 255, which turns mid-grey ink on a 16-bit PNG into a blank page;
+- an EXIF orientation tag is applied first, so a phone photo is seen the way its owner saw it;
 - the model sees ``uint8 / 255`` as float32.
 """
 
@@ -18,7 +21,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,12 @@ def prepare_image(image: Image.Image | np.ndarray, size: int = 28) -> np.ndarray
     """
     if isinstance(image, np.ndarray):
         image = _array_to_pil(image)
+    image = _upright(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    gray = np.asarray(image.convert("L"), dtype=np.uint8)
+    gray = _to_gray(image)
     if _border_is_light(gray):
         gray = 255 - gray
     height, width = gray.shape
@@ -73,6 +80,27 @@ def prepare_image(image: Image.Image | np.ndarray, size: int = 28) -> np.ndarray
         resized = Image.fromarray(gray, mode="L").resize((size, size), Image.Resampling.BOX)
         gray = np.asarray(resized, dtype=np.uint8)
     return np.ascontiguousarray(gray)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (rotations and mirrors), if there is one."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # unreadable EXIF: use the pixels as stored
+        return image
+    if orientation in (None, 1):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def _to_gray(image: Image.Image) -> np.ndarray:
+    """Any mode -> ``uint8 [H, W]``; 16- and 32-bit integer greys are scaled, not clipped."""
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode in _SIXTEEN_BIT_MODES or float(values.max(initial=0.0)) > 255.0:
+            values = values / 257.0  # 65535 -> 255
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:

@@ -1,9 +1,10 @@
 """Static checks of the container build: Dockerfile structure, .dockerignore, hadolint.
 
 No Docker engine is needed. The structural assertions pin the properties the
-server depends on in production (non-root user, SIGINT as stop signal because
-LitServe leaves workers alive on SIGTERM, a health check that works without
-curl, torch from the CPU index, checkpoints inside the image); hadolint catches
+server depends on in production (non-root user, SIGTERM as stop signal because
+``innerloop serve`` drains on it, a health check that works without curl and
+without the API key, the API key variable the server really reads, torch from
+the CPU index, checkpoints inside the image); hadolint catches
 general Dockerfile mistakes. The health-check command itself is executed
 against a local HTTP server, since a broken probe would mark a healthy
 container unhealthy.
@@ -100,7 +101,7 @@ def test_runs_as_non_root(instructions: list[tuple[str, str]]) -> None:
 def test_port_signal_healthcheck_and_command(instructions: list[tuple[str, str]]) -> None:
     exposed = {p.split("/")[0] for v in values(instructions, "EXPOSE") for p in v.split()}
     assert "8000" in exposed
-    assert values(instructions, "STOPSIGNAL") == ["SIGINT"]
+    assert values(instructions, "STOPSIGNAL") == ["SIGTERM"]  # innerloop serve drains on it
     (health,) = values(instructions, "HEALTHCHECK")
     assert "CMD" in health and "NONE" not in health
     assert "curl" not in health and "wget" not in health  # neither exists in slim
@@ -295,9 +296,25 @@ def test_healthcheck_command_probes_health(health_server: _Health) -> None:
     health_server.status = 503
     assert probe() != 0
     health_server.status = 200
-    assert probe({"LIT_SERVER_API_KEY": "k1"}) == 0
     assert probe({"INNERLOOP_API_KEY": "k2"}) == 0
-    assert health_server.seen_keys == [None, None, "k1", "k2"]
+    # /health is open: the probe never needs (or leaks) the key
+    assert health_server.seen_keys == [None, None, None]
     health_server.httpd.shutdown()
     health_server.httpd.server_close()
     assert probe() != 0  # nothing listening
+
+
+# --------------------------------------------------------------------------- API key
+
+
+def test_documented_api_key_variable_is_the_one_the_server_reads() -> None:
+    """The Dockerfile once documented LIT_SERVER_API_KEY, which innerloop ignores: a container
+    started as documented was open. The end-to-end proof that INNERLOOP_API_KEY guards every
+    path but /health is tests/test_server_lifecycle.py; this pins the documentation to it."""
+    from innerloop_server.cli_serve import API_KEY_ENV
+
+    text = DOCKERFILE.read_text()
+    documented = set(re.findall(r"-e ([A-Z_]*API_KEY)=", text))
+    assert documented == {API_KEY_ENV}, documented
+    assert "LIT_SERVER_API_KEY" not in text
+    assert "/health stays open" in text

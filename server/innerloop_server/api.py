@@ -32,7 +32,7 @@ from innerloop_server import logs
 from innerloop_server.adapters import Adapter, AdapterCache, adapter_id
 from innerloop_server.batching import Result, groups, predict_with_adapter, run_group
 from innerloop_server.decoding import Task, decode_queries, decode_request
-from innerloop_server.errors import request_error
+from innerloop_server.errors import refuse_non_finite, request_error
 from innerloop_server.limits import Limits
 from innerloop_server.loop import IsolatingBatchLoop
 from innerloop_server.metrics import metrics
@@ -237,6 +237,9 @@ class InnerloopAPI(ls.LitAPI):
 
     def encode_response(self, output: Answer, **kwargs: Any) -> PredictResponse:
         task, result = output.task, output.result
+        refuse_non_finite(
+            result.outputs, [result.loss_before, result.loss_after], task.steps, task.lr
+        )
         adaptation = {
             "steps": task.steps if result.steps_run is None else result.steps_run,
             "max_steps": task.steps,

@@ -9,9 +9,12 @@ Routes:
 - ``GET /metrics``: Prometheus text, summed over the HTTP and worker processes;
 - ``GET /docs``, ``/openapi.json``: the schema; ``GET /info``: LitServe's server info.
 
-Shutdown: SIGTERM is turned into the SIGINT path (LitServe 0.2.19 otherwise exits its main
-process only and leaves workers answering), and any child process still alive afterwards is
-terminated, so ``docker stop`` leaves nothing behind.
+A worker that dies (even of SIGKILL) is restarted (``restart_workers``); the server stays up.
+
+Shutdown: SIGTERM first drains: new requests get 503 and those in flight are answered, for up
+to ``--shutdown-grace`` seconds; then it is turned into the SIGINT path (LitServe 0.2.19
+otherwise exits its main process only and leaves workers answering), and any child process
+still alive afterwards is terminated, so ``docker stop`` leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -37,12 +40,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from innerloop_server import logs
 from innerloop_server.api import ADAPT_PATH, API_PATH, InnerloopAPI
 from innerloop_server.decoding import Task, decode_request
-from innerloop_server.errors import validation_detail
+from innerloop_server.errors import document_errors, validation_detail
 from innerloop_server.limits import Limits
 from innerloop_server.metrics import cleanup, enable_multiprocess, render
 from innerloop_server.middleware import (
     ApiKeyMiddleware,
     BodySizeMiddleware,
+    DrainState,
     OverloadMiddleware,
     RequestLogMiddleware,
 )
@@ -64,6 +68,8 @@ class ServerConfig:
     batch_timeout: float = 0.005
     timeout: float = 30.0  # seconds a request may wait in the queue before 504
     threads: int | None = None  # torch threads per worker
+    body_timeout: float = 10.0  # seconds to receive a whole request body before 408
+    shutdown_grace: float = 30.0  # seconds SIGTERM waits for in-flight requests
 
 
 def resolve_device(device: str) -> str:
@@ -95,6 +101,7 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         timeout=config.timeout,
         max_payload_size=int(config.limits.max_body_bytes),
         model_metadata={"models": registry.names, "default": registry.default},
+        restart_workers=True,
     )
     app = server.app
     models = {
@@ -135,17 +142,21 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         return await http_exception_handler(request, error)
 
     # added last = outermost: log -> API key -> body size -> overload -> LitServe's own
-    in_flight = multiprocessing.Value("i", 0)  # shared by the forked HTTP processes
+    drain = server.innerloop_drain = DrainState()  # shared by the forked HTTP processes
     app.add_middleware(
         OverloadMiddleware,
-        counter=in_flight,
+        counter=drain.in_flight,
         max_in_flight=config.limits.max_in_flight,
         path=API_PATH,
+        body_timeout_s=config.body_timeout,
+        draining=drain.draining,
+        max_body_bytes=config.limits.max_body_bytes,
     )
     app.add_middleware(BodySizeMiddleware, max_bytes=config.limits.max_body_bytes)
     if config.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
     app.add_middleware(RequestLogMiddleware)
+    document_errors(app)
     return server
 
 
@@ -215,9 +226,11 @@ def _route_through_decoding(
 class _Terminated:
     """SIGTERM handler: behave like Ctrl+C once; ignore repeats while shutting down."""
 
-    def __init__(self) -> None:
+    def __init__(self, drain: DrainState | None = None, grace_s: float = 0.0) -> None:
         self.seen = False
         self.pid = os.getpid()
+        self.drain = drain
+        self.grace_s = grace_s
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.pid:
@@ -229,6 +242,10 @@ class _Terminated:
         if self.seen:
             return
         self.seen = True
+        if self.drain is not None and self.grace_s > 0:
+            logs.event("signal", signal="SIGTERM", action="draining", grace_s=self.grace_s)
+            left = self.drain.wait_idle(self.grace_s)
+            logs.event("drained", requests_still_in_flight=left)
         logs.event("signal", signal="SIGTERM", action="shutting down")
         raise KeyboardInterrupt
 
@@ -250,9 +267,11 @@ def serve(
 ) -> int:
     """Run until SIGINT/SIGTERM; returns the exit status."""
     folder, created = enable_multiprocess()  # before any worker process starts
-    previous = signal.signal(signal.SIGTERM, _Terminated())
+    terminated = _Terminated(grace_s=config.shutdown_grace)
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         server = build_server(registry, config)
+        terminated.drain = server.innerloop_drain
         logs.event(
             "starting",
             host=host,

@@ -5,7 +5,9 @@ the extension); a file that fails to load is reported and skipped, and the serve
 start when none loads. Requests are batched across clients: compatible requests (same model,
 steps and lr) share one adaptation call. Every request bound has a ``--max-...`` flag. With an
 API key (``--api-key`` or ``INNERLOOP_API_KEY``) every path except ``/health`` needs
-``X-API-Key: KEY`` or ``Authorization: Bearer KEY``. SIGTERM and Ctrl+C both stop every process.
+``X-API-Key: KEY`` or ``Authorization: Bearer KEY``. SIGTERM drains first (new requests get 503,
+those in flight are answered for up to ``--shutdown-grace`` seconds); SIGTERM and Ctrl+C both
+stop every process. A body not received within ``--body-timeout`` seconds gets 408.
 """
 
 from __future__ import annotations
@@ -97,6 +99,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a request may wait in the queue before 504 (default: %(default)s)",
     )
     parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to receive a whole request body; slower gets 408 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, seconds to finish requests in flight (new ones get 503); "
+        "0 = stop at once (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -123,6 +140,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if args.batch_timeout < 0 or args.timeout <= 0:
         print("innerloop serve: --batch-timeout must be >= 0 and --timeout > 0", file=sys.stderr)
+        return 2
+    if args.body_timeout <= 0 or args.shutdown_grace < 0:
+        print(
+            "innerloop serve: --body-timeout must be > 0 and --shutdown-grace >= 0",
+            file=sys.stderr,
+        )
         return 2
     folder = args.checkpoints or default_checkpoints()
     if not folder.is_dir():
@@ -157,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         batch_timeout=args.batch_timeout,
         timeout=args.timeout,
         threads=args.threads,
+        body_timeout=args.body_timeout,
+        shutdown_grace=args.shutdown_grace,
     )
     try:
         resolve_device(config.device)

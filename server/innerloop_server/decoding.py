@@ -7,8 +7,14 @@ first, so a request with too many classes is refused before 500 images are decod
 Images: base64 (``validate=True``; a ``data:image/...;base64,`` prefix and line breaks are
 stripped) -> at most ``max_image_bytes`` -> Pillow (PNG, JPEG, WebP, GIF, BMP only) -> the
 declared width x height is checked against ``max_image_pixels`` *before* the pixels are decoded,
-with Pillow's ``DecompressionBombWarning`` turned into an error -> :func:`prepare_image` at the
-card's size -> ``uint8 / 255`` as float32 ``[1, H, W]``, exactly what evaluation feeds the model.
+with Pillow's ``DecompressionBombWarning`` turned into an error; so is the square the image
+becomes once padded (``max(w, h)^2``: a 1,048,576x1 strip is 1 Mpx decoded but 1 Tpx padded),
+and the padded pixels of the whole request against ``max_request_pixels`` -> :func:`prepare_image`
+at the card's size -> ``uint8 / 255`` as float32 ``[1, H, W]``, what evaluation feeds the model.
+
+Work: ``support x max(steps, 1) + query`` must fit ``max_work`` before anything is decoded, so
+one request cannot hold the worker for minutes. String labels must be encodable as UTF-8 (a
+lone surrogate such as ``"\ud800"`` is valid JSON but cannot be written back in a response).
 
 Vectors and regression targets must have the card's length and be finite in float32.
 
@@ -68,6 +74,25 @@ class Task:
         return (self.model, self.steps, self.lr, self.kind)
 
 
+class PixelBudget:
+    """Padded pixels a request may still decode (``max_request_pixels``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, pixels: int, where: str) -> None:
+        self.used += pixels
+        if self.used > self.limit:
+            raise request_error(
+                413,
+                where,
+                f"this image brings the request to {self.used:,} pixels (each image counted "
+                f"padded to a square); at most {self.limit:,} per request allowed "
+                "(--max-request-pixels: send smaller images or fewer of them)",
+            )
+
+
 def decode_request(
     request: PredictRequest | AdaptRequest, registry: Registry, limits: Limits
 ) -> Task:
@@ -86,6 +111,8 @@ def decode_request(
     lr = model.learner.inner.lr if request.lr is None else request.lr
     if not 0 < lr <= limits.max_lr:
         raise request_error(422, "lr", f"{lr} is outside the allowed range (0, {limits.max_lr}]")
+    queries = [] if isinstance(request, AdaptRequest) else request.query
+    check_work(len(request.support or []), steps, len(queries), limits)
     top_k = getattr(request, "top_k", None)
     if top_k is not None:
         if model.task != "classification":
@@ -106,13 +133,17 @@ def decode_request(
         labels = []
         support_y = np.stack([_regression_target(y, i, model) for i, y in enumerate(targets)])
 
+    budget = PixelBudget(limits.max_request_pixels)
     support_x = np.stack(
-        [decode_input(item.x, f"support[{i}].x", model, limits) for i, item in enumerate(support)]
+        [
+            decode_input(item.x, f"support[{i}].x", model, limits, budget)
+            for i, item in enumerate(support)
+        ]
     )
     if isinstance(request, AdaptRequest):
         query_x = np.zeros((0, *support_x.shape[1:]), dtype=np.float32)
     else:
-        query_x = decode_queries(request.query, model, limits)
+        query_x = decode_queries(request.query, model, limits, budget)
 
     order = sorted(range(len(support_x)), key=lambda i: support_x[i].tobytes())
     support_x = support_x[order]
@@ -138,9 +169,27 @@ def decode_request(
     )
 
 
-def decode_queries(queries: list[Input], model: Model, limits: Limits) -> np.ndarray:
+def decode_queries(
+    queries: list[Input], model: Model, limits: Limits, budget: PixelBudget | None = None
+) -> np.ndarray:
     """Query inputs, in request order, as the model's float32 arrays."""
-    return np.stack([decode_input(x, f"query[{i}]", model, limits) for i, x in enumerate(queries)])
+    budget = budget or PixelBudget(limits.max_request_pixels)
+    return np.stack(
+        [decode_input(x, f"query[{i}]", model, limits, budget) for i, x in enumerate(queries)]
+    )
+
+
+def check_work(support: int, steps: int, query: int, limits: Limits) -> None:
+    """413 when ``support x max(steps, 1) + query`` exceeds ``max_work``, naming what to lower."""
+    work = limits.work(support, steps, query)
+    if work > limits.max_work:
+        raise request_error(
+            413,
+            "steps",
+            f"{support} support items x {max(steps, 1)} steps + {query} queries = {work} units "
+            f"of work; at most {limits.max_work} allowed per request (--max-work): "
+            "lower steps or send fewer items",
+        )
 
 
 def _check_counts(request: PredictRequest | AdaptRequest, limits: Limits) -> None:
@@ -178,6 +227,13 @@ def _class_indices(
                 f"model {model.name!r} is a classifier: a label must "
                 f"be a string or an integer, not {kind}",
             )
+        if isinstance(y, str) and not _is_utf8(y):
+            raise request_error(
+                422,
+                where,
+                "label is not valid Unicode text (it contains a lone surrogate such as \\ud800); "
+                "send a string that can be encoded as UTF-8",
+            )
         if isinstance(y, str) and len(y) > limits.max_label_chars:
             raise request_error(
                 422,
@@ -204,6 +260,14 @@ def _class_indices(
             422, "support", f"{len(index)} classes; model {model.name!r} accepts at most {ways}"
         )
     return list(index), indices
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _renumber_by_first_appearance(
@@ -247,7 +311,9 @@ def _finite_float32(values: list[float] | list[int | float], where: str) -> np.n
 
 
 # ---- inputs ---------------------------------------------------------------------------------
-def decode_input(x: Input, where: str, model: Model, limits: Limits) -> np.ndarray:
+def decode_input(
+    x: Input, where: str, model: Model, limits: Limits, budget: PixelBudget | None = None
+) -> np.ndarray:
     """One support or query input -> float32 ``[1, H, W]`` (images) or ``[F]`` (vectors)."""
     if model.input_kind == "image":
         if not isinstance(x, str):
@@ -257,7 +323,7 @@ def decode_input(x: Input, where: str, model: Model, limits: Limits) -> np.ndarr
                 f"model {model.name!r} takes images: send a base64 "
                 "PNG/JPEG/WebP/GIF/BMP string, not a list",
             )
-        pixels = decode_image(x, where, model.image_size, limits)
+        pixels = decode_image(x, where, model.image_size, limits, budget)
         return (pixels.astype(np.float32) / 255.0)[None]
     if not isinstance(x, list):
         raise request_error(
@@ -272,7 +338,9 @@ def decode_input(x: Input, where: str, model: Model, limits: Limits) -> np.ndarr
     return _finite_float32(x, where)
 
 
-def decode_image(data: str, where: str, size: int, limits: Limits) -> np.ndarray:
+def decode_image(
+    data: str, where: str, size: int, limits: Limits, budget: PixelBudget | None = None
+) -> np.ndarray:
     """Base64 image -> ``uint8 [size, size]`` ink-high, enforcing the byte and pixel limits."""
     raw = _base64_bytes(data, where, limits)
     with warnings.catch_warnings():
@@ -293,6 +361,17 @@ def decode_image(data: str, where: str, size: int, limits: Limits) -> np.ndarray
             )
         if width == 0 or height == 0:
             raise request_error(422, where, f"image is {width}x{height}: it has no pixels")
+        side = max(width, height)
+        if side * side > limits.max_image_pixels:
+            raise request_error(
+                413,
+                where,
+                f"image is {width}x{height}, which is {side}x{side} = {side * side / 1e6:.1f} Mpx "
+                f"once padded to a square; at most {limits.max_image_pixels / 1e6:.1f} Mpx "
+                "allowed (crop it or scale it down)",
+            )
+        if budget is not None:
+            budget.spend(side * side, where)
         try:
             image.load()
             return prepare_image(image, size)

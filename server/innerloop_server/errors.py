@@ -9,9 +9,11 @@ Fields are written the way a user would point at them: ``support[3].x``, ``query
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 from fastapi import HTTPException
 
 # Pydantic puts the member type of a union into an error's location ("x", "list[float]", 0):
@@ -22,6 +24,39 @@ UNION_TAGS = frozenset({"str", "int", "float", "list[float]"})
 def request_error(status: int, field: str, message: str) -> HTTPException:
     """An ``HTTPException`` whose detail is ``"<field>: <message>"``."""
     return HTTPException(status_code=status, detail=f"{field}: {message}")
+
+
+def refuse_non_finite(outputs: Any, losses: Sequence[float], steps: int, lr: float) -> None:
+    """422 when an adaptation produced NaN or infinity, instead of a 200 full of ``null``.
+
+    ``losses`` is ``[before, after]``. A loss that is not finite *before* adapting means the
+    support inputs overflow the model; one that turns non-finite after means the inner loop
+    diverged (too large an lr, or too many steps); finite losses with non-finite outputs mean the
+    query inputs overflow the model.
+    """
+    before, after = (float(v) for v in losses)
+    if not math.isfinite(before):
+        raise request_error(
+            422,
+            "support",
+            "the support loss is not finite before adaptation: the support inputs are too "
+            "large for this model; scale them down",
+        )
+    if not math.isfinite(after):
+        raise request_error(
+            422,
+            "lr",
+            f"adaptation diverged: the support loss became NaN or infinite after {steps} steps "
+            f"at lr {lr}; lower lr or steps",
+        )
+    if outputs is not None and not bool(np.isfinite(np.asarray(outputs)).all()):
+        raise request_error(
+            422,
+            "query",
+            f"adaptation diverged or the query inputs overflow the model: the predictions are "
+            f"not finite numbers (steps {steps}, lr {lr}); lower lr or steps, or scale the "
+            "query inputs down",
+        )
 
 
 def field_path(location: Sequence[str | int]) -> str:
@@ -122,3 +157,86 @@ def validation_detail(errors: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def json_body(detail: str) -> bytes:
     return json.dumps({"detail": detail}).encode()
+
+
+# ---- the OpenAPI document says what the server really answers -------------------------------
+_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "ErrorResponse",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {
+        "detail": {
+            "type": "string",
+            "description": "'<field>: <what is wrong and what is allowed>'",
+        },
+        "errors": {
+            "type": "array",
+            "description": "Validation errors (422 from schema validation only), one per field.",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+_ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+_BODY_ERRORS = {
+    "400": "Body or header that cannot be parsed (e.g. Content-Length not a number)",
+    "404": "Unknown model",
+    "408": "Body not received completely within --body-timeout",
+    "413": "A size bound exceeded: body, image bytes or pixels, items, work (see --max-*)",
+    "422": "Invalid request: the detail names the field and what is allowed",
+    "503": "Too many requests in flight (--max-in-flight) or shutting down; see Retry-After",
+    "504": "Waited longer than --timeout for a worker",
+}
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
+
+def document_errors(app: Any) -> None:
+    """Make ``/openapi.json`` describe the error bodies, statuses and content types we send.
+
+    FastAPI documents 422 as its own ``{"detail": [...]}`` array and nothing else; ours is
+    ``{"detail": "<field>: ...", "errors": [...]}``, and the middleware answers 400, 401, 408,
+    413, 503, 504 that no route declares. ``/health`` and ``/metrics`` answer plain text.
+    """
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return dict(app.openapi_schema)
+        schema: dict[str, Any] = original()
+        schema.setdefault("components", {}).setdefault("schemas", {})["ErrorResponse"] = (
+            _ERROR_SCHEMA
+        )
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if path == "/health":
+                    responses["200"] = {
+                        "description": "ok: every worker is ready",
+                        "content": _TEXT,
+                    }
+                    responses["503"] = {"description": "Workers not ready yet", "content": _TEXT}
+                    continue
+                if path == "/metrics":
+                    responses["200"] = {"description": "Prometheus text format", "content": _TEXT}
+                if path == "/":
+                    responses["200"] = {
+                        "description": "A page about the server",
+                        "content": {**_TEXT, "text/html": {"schema": {"type": "string"}}},
+                    }
+                responses["401"] = {
+                    "description": "API key missing or wrong (servers started with one)",
+                    "content": _ERROR_REF,
+                }
+                if "requestBody" in operation:
+                    for status, description in _BODY_ERRORS.items():
+                        responses[status] = {"description": description, "content": _ERROR_REF}
+                    responses["503"]["headers"] = {
+                        "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}
+                    }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -8,12 +8,17 @@
   ``/health`` stays open so container health checks work without the secret;
 - :class:`BodySizeMiddleware`: a declared ``Content-Length`` above the limit is refused with 413
   before the body is read (LitServe's ``max_payload_size`` also stops chunked/undeclared bodies);
-- :class:`OverloadMiddleware`: at most ``max_in_flight`` ``/v1/predict`` requests at once across
-  all HTTP processes (a shared counter); more get 503 with ``Retry-After``.
+- :class:`OverloadMiddleware`: reads a ``/v1/predict`` body completely, within
+  ``body_timeout_s`` (else 408), and only *then* counts the request in flight: at most
+  ``max_in_flight`` at once across all HTTP processes (a shared counter); more get 503 with
+  ``Retry-After``. Counting before the body arrived let 128 sockets that send half a body and
+  wait lock every client out. While the server drains for shutdown (:class:`DrainState`), new
+  requests get 503 and the ones in flight are finished.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -81,10 +86,11 @@ class RequestLogMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = list(message.get("headers", []))
+                if not any(key.lower() == b"content-type" for key, _ in headers):
+                    # LitServe's /health answers "ok" with no type; the schema says text/plain
+                    headers.append((b"content-type", b"text/plain; charset=utf-8"))
+                message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -163,42 +169,134 @@ class BodySizeMiddleware:
         await self.app(scope, receive, send)
 
 
+class DrainState:
+    """Shared by the main process and the forked HTTP processes (create before they fork).
+
+    ``in_flight`` counts requests whose body has been read and whose answer is not yet sent;
+    ``draining`` is set by the main process on SIGTERM, after which new requests get 503.
+    """
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self.in_flight = multiprocessing.Value("i", 0)
+        self.draining = multiprocessing.Value("b", 0)
+
+    def wait_idle(self, grace_s: float, poll_s: float = 0.05) -> int:
+        """Refuse new requests, then wait up to ``grace_s`` for in-flight ones; returns how many
+        were still in flight when it gave up (0 = drained)."""
+        self.draining.value = 1
+        deadline = time.monotonic() + grace_s
+        while self.in_flight.value > 0 and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        return int(self.in_flight.value)
+
+
 class OverloadMiddleware:
-    """Bounded in-flight ``/v1/predict`` requests; ``counter`` is shared by forked processes."""
+    """Bounded in-flight requests on ``path``(s); ``counter`` is shared by forked processes."""
 
     def __init__(
-        self, app: ASGIApp, counter: Any, max_in_flight: int, path: str, retry_after_s: int = 1
+        self,
+        app: ASGIApp,
+        counter: Any,
+        max_in_flight: int,
+        path: str | frozenset[str],
+        retry_after_s: int = 1,
+        body_timeout_s: float = 10.0,
+        draining: Any = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.counter = counter  # multiprocessing.Value("i") created before the HTTP processes fork
         self.max_in_flight = max_in_flight
-        self.path = path
+        self.paths = frozenset({path}) if isinstance(path, str) else path
         self.retry_after = str(retry_after_s).encode()
+        self.body_timeout_s = body_timeout_s
+        self.draining = draining  # multiprocessing.Value("b") or None
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") != self.path:
+        if scope["type"] != "http" or scope.get("path") not in self.paths:
             await self.app(scope, receive, send)
+            return
+        if self.draining is not None and self.draining.value:
+            await self._refuse(send, "server is shutting down; retry on another instance or later")
+            return
+        body = await self._read_body(receive, send)
+        if body is None:
+            return
+        if self.draining is not None and self.draining.value:
+            await self._refuse(send, "server is shutting down; retry on another instance or later")
             return
         with self.counter.get_lock():
             busy = self.counter.value >= self.max_in_flight
             if not busy:
                 self.counter.value += 1
         if busy:
-            await send_json(
+            await self._refuse(
                 send,
-                503,
-                {
-                    "detail": f"server busy: {self.max_in_flight} requests in flight "
-                    "(--max-in-flight); retry later"
-                },
-                [(b"retry-after", self.retry_after)],
+                f"server busy: {self.max_in_flight} requests in flight (--max-in-flight); "
+                "retry later",
             )
             return
         gauge = metrics().in_flight
         gauge.inc()
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: http.disconnect when the client leaves
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, replay, send)
         finally:
             gauge.dec()
             with self.counter.get_lock():
                 self.counter.value -= 1
+
+    async def _refuse(self, send: Send, detail: str) -> None:
+        await send_json(send, 503, {"detail": detail}, [(b"retry-after", self.retry_after)])
+
+    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or ``None`` after answering 408 (too slow) or the client leaving."""
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.body_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(receive(), remaining)
+            except TimeoutError:
+                await send_json(
+                    send,
+                    408,
+                    {
+                        "detail": f"body: not received completely within {self.body_timeout_s:g} s "
+                        "(--body-timeout); send the whole request at once"
+                    },
+                    [(b"connection", b"close")],
+                )
+                return None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if self.max_body_bytes is not None and size > self.max_body_bytes:
+                await send_json(
+                    send,
+                    413,
+                    {
+                        "detail": f"body: more than {self.max_body_bytes} bytes; at most "
+                        f"{self.max_body_bytes} allowed (send fewer or smaller images)"
+                    },
+                    [(b"connection", b"close")],
+                )
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)

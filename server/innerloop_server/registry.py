@@ -1,7 +1,9 @@
 """The checkpoints a server serves: every ``*.safetensors`` in a folder, by file name.
 
 A file that cannot be loaded is logged with its :class:`~innerloop.checkpoint.CheckpointError`
-message and skipped; the others are still served. A model's name is its file name without
+message and skipped; the others are still served. Any other exception a crafted file provokes
+(a bug we have not met yet, ``MemoryError``) is caught per file too: one bad file never stops
+start-up while good ones sit beside it. A model's name is its file name without
 ``.safetensors`` (``checkpoints/omniglot.safetensors`` is ``omniglot``). The default model is
 ``omniglot`` when present, otherwise the first name alphabetically.
 """
@@ -74,11 +76,16 @@ class Registry:
             try:
                 learner, card = load_checkpoint(path)
                 _check_servable(path, learner, card)
-            except CheckpointError as error:
+            except Exception as error:  # per file: see the module docstring
                 if strict:
                     raise
-                registry.skipped[path.name] = str(error)
-                log.error("skipping checkpoint %s: %s", path.name, error)
+                reason = (
+                    str(error)
+                    if isinstance(error, CheckpointError)
+                    else f"{path}: cannot be loaded ({type(error).__name__}: {error})"
+                )
+                registry.skipped[path.name] = reason
+                log.error("skipping checkpoint %s: %s", path.name, reason)
                 continue
             registry.models[path.stem] = Model(path.stem, path, learner, card)
         return registry
@@ -112,7 +119,7 @@ class Registry:
 
 
 def _check_servable(path: Path, learner: Learner, card: dict[str, Any]) -> None:
-    spec = card.get("input") or {}
+    spec = _section(card, "input")
     kind = spec.get("kind")
     if kind == "image":
         if int(spec.get("channels", 1)) != 1:
@@ -137,29 +144,32 @@ def summarize_card(
 ) -> dict[str, Any]:
     """What ``GET /v1/models`` returns per model: enough to build a valid request."""
     limits = limits or Limits()
-    training = card.get("training") or {}
+    training = _section(card, "training")
+    architecture = _section(card, "architecture")
+    adaptation = _section(card, "adaptation")
+    max_ways = card.get("max_ways")
     classification = card.get("task") == "classification"
     return {
         "name": name,
         "default": default,
         "task": card.get("task"),
         "input": card.get("input"),
-        "architecture": (card.get("architecture") or {}).get("kind"),
+        "architecture": architecture.get("kind"),
         "head": card.get("head"),
         "algorithm": training.get("algorithm"),
         "ways": (
-            {"min": 2, "max": limits.ways_for(int(card.get("max_ways", 2)))}
+            {"min": 2, "max": limits.ways_for(max_ways if isinstance(max_ways, int) else 2)}
             if classification
             else None
         ),
         "inner_loop": {
-            **(card.get("inner_loop") or {}),
-            "learned_step_sizes": (card.get("adaptation") or {}).get("learned_step_sizes", False),
+            **_section(card, "inner_loop"),
+            "learned_step_sizes": adaptation.get("learned_step_sizes", False),
         },
         # WarpGrad: warp-layers are meta-learned but held fixed while a request adapts
         "adaptation": {
-            "warp": (card.get("architecture") or {}).get("warp", "none"),
-            "frozen": list((card.get("adaptation") or {}).get("frozen", [])),
+            "warp": architecture.get("warp", "none"),
+            "frozen": list(adaptation.get("frozen", [])),
         },
         "trained_on": training.get("data"),
         "training": {
@@ -167,8 +177,14 @@ def summarize_card(
             for k in ("algorithm", "meta_steps_done", "seconds", "hardware", "command", "seed")
             if k in training
         },
-        "evaluation": card.get("evaluation") or {},
+        "evaluation": _section(card, "evaluation"),
     }
+
+
+def _section(card: dict[str, Any], key: str) -> dict[str, Any]:
+    """``card[key]`` when it is an object, else ``{}`` (cards come from files we do not trust)."""
+    value = card.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def summarize_folder(
@@ -183,4 +199,10 @@ def summarize_folder(
         except CheckpointError as error:
             errors[path.name] = str(error)
     default = PREFERRED_DEFAULT if PREFERRED_DEFAULT in cards else min(cards, default=None)
-    return [summarize_card(n, c, limits, n == default) for n, c in cards.items()], errors
+    summaries = []
+    for name, card in cards.items():
+        try:
+            summaries.append(summarize_card(name, card, limits, name == default))
+        except (TypeError, ValueError) as error:  # a card whose fields have the wrong types
+            errors[f"{name}.safetensors"] = f"model card has fields of the wrong type ({error})"
+    return summaries, errors

@@ -21,6 +21,16 @@ Input = str | list[float]
 Target = str | int | float | list[float]
 """A class label (classification) or a number or vector of numbers (regression)."""
 
+# three real 8x8 drawings, so that the schema's example is a request the server accepts
+_EXAMPLE_PNGS = [
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAIklEQVR42jXGsQEAMAzC"
+    "MMP/P9MhriZlnJKfxbjiiivuwnjrdwcPCnADEwAAAABJRU5ErkJggg==",
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAJUlEQVR42i2LsQ0AAAyC"
+    "xP9/tgN1wURkMRV8YRbmxHSYskzz/wPrdwcPtjTS8wAAAABJRU5ErkJggg==",
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAGElEQVR42mP8zwABTAw4"
+    "GQxQNf8ZcSsGAKGFBAnbLuoAAAAAAElFTkSuQmCC",
+]
+
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
@@ -45,10 +55,10 @@ class PredictRequest(BaseModel):
                 {
                     "model": "omniglot",
                     "support": [
-                        {"x": "data:image/png;base64,iVBORw0...", "y": "a"},
-                        {"x": "data:image/png;base64,iVBORw0...", "y": "b"},
+                        {"x": _EXAMPLE_PNGS[0], "y": "a"},
+                        {"x": _EXAMPLE_PNGS[1], "y": "b"},
                     ],
-                    "query": ["data:image/png;base64,iVBORw0..."],
+                    "query": [_EXAMPLE_PNGS[2]],
                     "steps": 5,
                     "lr": 0.4,
                     "top_k": 5,

@@ -147,6 +147,16 @@ class ModelCard(BaseModel):
     trained_on: Any = None
     evaluation: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _max_ways_from_ways(cls, data: Any) -> Any:
+        """The server sends ``"ways": {"min": 2, "max": N}``; ``max_ways`` is its ``max``."""
+        if isinstance(data, dict) and data.get("max_ways") is None:
+            ways = data.get("ways")
+            if isinstance(ways, dict) and isinstance(ways.get("max"), int):
+                data = {**data, "max_ways": ways["max"]}
+        return data
+
 
 class ModelList(BaseModel):
     """The response of ``GET /v1/models``."""
