@@ -1,6 +1,6 @@
 """Write the sample drawings the README's examples use, from the shared data folder.
 
-    python samples/make_samples.py [--data-root DIR]
+    python samples/make_samples.py [--data-root DIR] [--out DIR]
 
 Omniglot: the first five characters of one ``images_evaluation`` alphabet (held out from every
 shipped model's training), three drawers each, as Lake's 105x105 black-on-white PNGs. Quick
@@ -30,7 +30,7 @@ def write_png(array: np.ndarray, path: Path, mode: str) -> None:
     Image.fromarray(array).convert(mode).save(path, optimize=True)
 
 
-def omniglot(root: Path) -> list[Path]:
+def omniglot(root: Path, out: Path) -> list[Path]:
     from innerloop_training.data.omniglot import ALPHABETS, NUM_BACKGROUND_CHARACTERS
 
     first = next(lo for lo, _, part, name in ALPHABETS if name == OMNIGLOT_ALPHABET)
@@ -40,19 +40,20 @@ def omniglot(root: Path) -> list[Path]:
     for c in range(OMNIGLOT_CHARACTERS):
         row = first - NUM_BACKGROUND_CHARACTERS - 1 + c
         for d in range(DRAWINGS):
-            path = HERE / "omniglot" / OMNIGLOT_ALPHABET.lower() / f"char{c + 1}_drawer{d + 1}.png"
+            name = f"char{c + 1}_drawer{d + 1}.png"
+            path = out / "omniglot" / OMNIGLOT_ALPHABET.lower() / name
             write_png((images[row, d] * 255).astype(np.uint8), path, "1")
             written.append(path)
     return written
 
 
-def quickdraw(root: Path) -> list[Path]:
+def quickdraw(root: Path, out: Path) -> list[Path]:
     written = []
     with np.load(root / "quickdraw345" / "quickdraw345_sketches.npz", allow_pickle=False) as data:
         for category in QUICKDRAW_CATEGORIES:
             rows = data[category]  # uint8 [25, 784], 255 = ink
             for d in range(DRAWINGS):
-                path = HERE / "quickdraw" / f"{category.replace(' ', '-')}_{d + 1}.png"
+                path = out / "quickdraw" / f"{category.replace(' ', '-')}_{d + 1}.png"
                 write_png(255 - rows[d].reshape(28, 28), path, "L")
                 written.append(path)
     return written
@@ -61,6 +62,7 @@ def quickdraw(root: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--out", type=Path, default=HERE, metavar="DIR", help="(default: samples/)")
     args = parser.parse_args(argv)
     from innerloop_training.data.registry import default_data_root
 
@@ -68,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if root is None:
         print("no data folder: pass --data-root DIR (see `innerloop data where`)", file=sys.stderr)
         return 1
-    for path in [*omniglot(root), *quickdraw(root)]:
-        print(f"{path.relative_to(HERE.parent)}  {path.stat().st_size} bytes")
+    for path in [*omniglot(root, args.out), *quickdraw(root, args.out)]:
+        print(f"{path}  {path.stat().st_size} bytes")
     return 0
 
 

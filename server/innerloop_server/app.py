@@ -6,7 +6,9 @@ Routes:
 - ``GET /v1/models``: the served models' cards (:func:`~innerloop_server.registry.summarize_card`);
 - ``GET /health``: 200 ``ok`` once every worker has loaded its models (open even with an API key);
 - ``GET /metrics``: Prometheus text, summed over the HTTP and worker processes;
-- ``GET /docs``, ``/openapi.json``: the schema; ``GET /info``: LitServe's server info.
+- ``GET /docs``, ``/redoc``, ``/openapi.json``: the schema, from local files
+  (:mod:`innerloop_server.pages`); ``GET /info``: LitServe's server info;
+- ``GET /``: the drawing page (:mod:`innerloop_server.pages`).
 
 Shutdown: SIGTERM is turned into the SIGINT path (LitServe 0.2.19 otherwise exits its main
 process only and leaves workers answering), and any child process still alive afterwards is
@@ -41,6 +43,7 @@ from innerloop_server.middleware import (
     OverloadMiddleware,
     RequestLogMiddleware,
 )
+from innerloop_server.pages import install_pages
 from innerloop_server.registry import Registry, summarize_card
 
 FASTAPI_PARSE_ERROR = "There was an error parsing the body"
@@ -91,6 +94,7 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         model_metadata={"models": registry.names, "default": registry.default},
     )
     app = server.app
+    install_pages(app)
     models = {
         "default": registry.default,
         "models": [
