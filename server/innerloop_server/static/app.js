@@ -121,8 +121,10 @@ function showModel() {
   if (!card) return;
   const loop = card.inner_loop || {};
   const ways = card.ways ? `${card.ways.min} to ${card.ways.max} labels` : "";
+  const data = card.trained_on || {};
+  const trainedOn = typeof data === "string" ? data : data.dataset || "?";
   $("#model-info").textContent =
-    `${card.name}: ${card.algorithm || "?"}, trained on ${card.trained_on || "?"}; ${ways}; ` +
+    `${card.name}: ${card.algorithm || "?"} on ${trainedOn}; ${ways}; ` +
     `adapts ${loop.steps ?? "?"} steps of ${loop.lr ?? "?"} per request`;
 }
 
@@ -230,7 +232,7 @@ function showPrediction(answer, roundTrip) {
   $("#timing").textContent =
     `adaptation: ${a.steps} steps of ${a.lr} in ${Number(a.ms).toFixed(0)} ms on the server ` +
     `(${roundTrip.toFixed(0)} ms round trip); support loss ` +
-    `${Number(a.support_loss[0]).toFixed(3)} -> ${Number(a.support_loss[1]).toFixed(3)}`;
+    `${Number(a.support_loss[0]).toPrecision(2)} -> ${Number(a.support_loss[1]).toPrecision(2)}`;
 }
 
 // ---- wiring ----------------------------------------------------------------------------
@@ -243,6 +245,7 @@ function start() {
     loadModels();
   });
   $("#model").addEventListener("change", showModel);
+  $("#settings").addEventListener("submit", (event) => event.preventDefault());
   $("#clear").addEventListener("click", clearCanvas);
   $("#add-label").addEventListener("click", () => addLabel());
   $("#predict").addEventListener("click", () => {
