@@ -6,7 +6,7 @@
   innerloop data fetch quickdraw cat    Google's numpy_bitmap files into DATA_ROOT/quickdraw
 
 The data root is --data-root, else $INNERLOOP_DATA, else shared/data next to the repository,
-else data/ inside it: the same search ``innerloop train`` and ``evaluate`` use.
+else data/ inside it: the same search `innerloop train` and `evaluate` use.
 """
 
 from __future__ import annotations
