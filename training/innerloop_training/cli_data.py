@@ -73,7 +73,12 @@ def _where(args: argparse.Namespace) -> int:
             print(f"  {candidate.label}: {state}")
         root = locate.first_root()
     if root is None or not root.is_dir():
-        print(f"no data folder: {locate.WHAT_TO_DO}", file=sys.stderr)
+        print(
+            "no data folder: pass --data-root DIR or set $INNERLOOP_DATA to one holding "
+            "omniglot/ or quickdraw/, or download Omniglot into one with "
+            "`innerloop data fetch omniglot --data-root DIR`",
+            file=sys.stderr,
+        )
         return 1
     print(f"using {root.resolve()}")
     for dataset, found in locate.describe(root):
