@@ -1,4 +1,4 @@
-"""``innerloop train | evaluate | tune | compare | serve | models``: one command over the library.
+"""``innerloop train | evaluate | tune | compare | data | serve | models``: one command.
 
 Each subcommand's options and behaviour live next to the code they drive (training in
 ``innerloop_training.cli_*``, serving in ``innerloop_server.cli_*``); this module only wires
@@ -26,6 +26,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compare": (
         "innerloop_training.cli_compare",
         "compare meta-learners on Omniglot alphabets as tasks (accuracy vs pre-training size)",
+    ),
+    "data": (
+        "innerloop_training.cli_data",
+        "where the training data is looked for, verify checksums, fetch the original files",
     ),
     "serve": ("innerloop_server.cli_serve", "serve checkpoints over HTTP"),
     "models": ("innerloop_server.cli_models", "list model cards of a folder or a running server"),

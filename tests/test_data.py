@@ -291,7 +291,7 @@ def test_image_folder_errors(tmp_path: Path) -> None:
         load_image_folder(tmp_path)
     (tmp_path / "ok" / "broken.png").unlink()
     _save(tmp_path / "stray.png", Image.new("L", (8, 8), 255))
-    with pytest.raises(ValueError, match="directly in the root"):
+    with pytest.raises(ValueError, match="directly in the folder"):
         load_image_folder(tmp_path)
 
 

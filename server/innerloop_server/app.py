@@ -7,7 +7,9 @@ Routes:
 - ``GET /v1/models``: the served models' cards (:func:`~innerloop_server.registry.summarize_card`);
 - ``GET /health``: 200 ``ok`` once every worker has loaded its models (open even with an API key);
 - ``GET /metrics``: Prometheus text, summed over the HTTP and worker processes;
-- ``GET /docs``, ``/openapi.json``: the schema; ``GET /info``: LitServe's server info.
+- ``GET /docs``, ``/redoc``, ``/openapi.json``: the schema, from local files
+  (:mod:`innerloop_server.pages`); ``GET /info``: LitServe's server info;
+- ``GET /``: the drawing page (:mod:`innerloop_server.pages`).
 
 A worker that dies (even of SIGKILL) is restarted (``restart_workers``); the server stays up.
 
@@ -50,6 +52,7 @@ from innerloop_server.middleware import (
     OverloadMiddleware,
     RequestLogMiddleware,
 )
+from innerloop_server.pages import install_pages
 from innerloop_server.registry import Registry, summarize_card
 from innerloop_server.schemas import AdaptRequest, AdaptResponse, PredictRequest, PredictResponse
 
@@ -104,6 +107,7 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         restart_workers=True,
     )
     app = server.app
+    install_pages(app)
     models = {
         "default": registry.default,
         "models": [

@@ -1,6 +1,7 @@
 """Serve checkpoints over HTTP: POST /v1/predict, GET /v1/models, /health, /metrics, /docs.
 
-Every ``*.safetensors`` file in the checkpoints folder is served under its file name (without
+Every ``*.safetensors`` file in the checkpoints folder (the shipped ones by default), and in each
+``--add`` folder or file (your own, e.g. ``models/``), is served under its file name (without
 the extension); a file that fails to load is reported and skipped, and the server refuses to
 start when none loads. Requests are batched across clients: compatible requests (same model,
 steps and lr) share one adaptation call. Every request bound has a ``--max-...`` flag. With an
@@ -34,6 +35,27 @@ def default_checkpoints() -> Path:
     return Path.cwd() / "checkpoints"
 
 
+def checkpoint_paths(folder: Path, added: list[Path]) -> list[Path]:
+    """The folder's checkpoints plus each ``--add`` file or folder; names must stay unique."""
+    paths = sorted(folder.glob("*.safetensors"))
+    for extra in added:
+        if extra.is_dir():
+            paths.extend(sorted(extra.glob("*.safetensors")))
+        elif extra.is_file():
+            paths.append(extra)
+        else:
+            raise ValueError(f"--add {extra}: no such file or folder")
+    seen: dict[str, Path] = {}
+    for path in paths:
+        other = seen.setdefault(path.stem, path)
+        if other.resolve() != path.resolve():
+            raise ValueError(
+                f"{other} and {path} would both be served as {path.stem!r}; rename one "
+                "(a model's name is its file name)"
+            )
+    return list({p.resolve(): p for p in paths}.values())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoints",
@@ -42,6 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder of *.safetensors checkpoints (default: $INNERLOOP_CHECKPOINTS, "
         "else the repository's checkpoints/, else ./checkpoints)",
+    )
+    parser.add_argument(
+        "--add",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also serve this checkpoint file, or every *.safetensors in this folder (e.g. "
+        "models/, where `innerloop train` writes); repeatable",
     )
     parser.add_argument(
         "--host",
@@ -154,7 +185,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    registry = Registry.from_folder(folder)
+    try:
+        paths = checkpoint_paths(folder, args.add)
+    except ValueError as error:
+        print(f"innerloop serve: {error}", file=sys.stderr)
+        return 1
+    registry = Registry.from_paths(paths)
     if not registry.models:
         print(
             f"innerloop serve: no checkpoint in {folder} could be loaded; refusing to start.",

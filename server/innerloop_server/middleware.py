@@ -5,7 +5,8 @@
   ``X-Request-ID`` header on every response; payloads are never logged;
 - :class:`ApiKeyMiddleware`: with a key configured, every path except ``/health`` needs
   ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (constant-time comparison), else 401;
-  ``/health`` stays open so container health checks work without the secret;
+  ``/health`` stays open so container health checks work without the secret, and so do the
+  drawing page (``/``, ``/assets/...``), which asks the user for the key;
 - :class:`BodySizeMiddleware`: a declared ``Content-Length`` above the limit is refused with 413
   before the body is read (LitServe's ``max_payload_size`` also stops chunked/undeclared bodies);
 - :class:`OverloadMiddleware`: reads a ``/v1/predict`` body completely, within
@@ -36,7 +37,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PREFIXES = ("/assets/",)  # the drawing page's static files: no data, no model access
 KNOWN_PATHS = frozenset(
     {"/v1/predict", "/v1/models", "/health", "/metrics", "/info", "/docs", "/openapi.json", "/"}
 )
@@ -123,7 +125,8 @@ class ApiKeyMiddleware:
         self.key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         offered = _header(scope, b"x-api-key")

@@ -4,8 +4,12 @@ Shows a progress bar with the current losses, appends one JSON line per meta-ste
 RUN_DIR/metrics.jsonl, saves a resumable state every --checkpoint-every steps, and draws
 RUN_DIR/training_curve.png (plus RUN_DIR/adaptation.png for sine and logistic tasks).
 
-Example: innerloop train --algorithm maml --dataset omniglot --ways 5 --shots 1 \\
-         --meta-steps 2000 --out checkpoints/omniglot.safetensors
+Example (under a minute on a CPU; writes models/my-sine.safetensors and runs/my-sine/):
+  innerloop train --algorithm maml --dataset sine --shots 10 --meta-batch 25 \\
+      --meta-steps 1000 --out models/my-sine.safetensors
+
+Your checkpoints go to models/ (git-ignored) unless --out says otherwise; checkpoints/ holds the
+shipped ones. Serve yours beside them with `innerloop serve --add models/`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from innerloop_training.data.registry import DATASETS, OMNIGLOT_SPLIT_SCHEMES
 from innerloop_training.trainer import TrainConfig, Trainer
 
 DEFAULTS = TrainConfig()
+USER_MODELS = "models"  # the user's checkpoints (git-ignored); checkpoints/ is the shipped ones
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +158,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stop (and save) after this many minutes of wall-clock time",
     )
-    add("--out", default=DEFAULTS.out, help="checkpoint to write (.safetensors)")
+    add(
+        "--out",
+        default=None,
+        help=f"checkpoint to write (default: {USER_MODELS}/DATASET-ALGORITHM.safetensors)",
+    )
     add("--run-dir", default=None, help="logs, plots and resume state (default: runs/NAME)")
     add("--resume", action="store_true", help="continue from RUN_DIR/resume.safetensors")
     add(
@@ -167,7 +176,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)} - {"command"}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if given.get("out") is None:
+        given["out"] = f"{USER_MODELS}/{args.dataset}-{args.algorithm}.safetensors"
+    return TrainConfig(**given)
 
 
 def run(args: argparse.Namespace) -> int:

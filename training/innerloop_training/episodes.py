@@ -127,14 +127,18 @@ class EpisodeSampler:
         skipped = [dataset.class_names[i] for i, n in enumerate(counts) if n < need]
         if skipped:
             warnings.warn(
-                f"{len(skipped)} of {dataset.num_classes} classes have fewer than {need} images "
-                f"(shots {shots} + queries {queries}) and are skipped, e.g. {skipped[:3]}",
+                f"{dataset.describe()}: {dataset.base_classes(skipped)} of "
+                f"{dataset.base_classes()} classes have fewer than {need} images (--shots "
+                f"{shots} + --queries {queries}) and are skipped, e.g. {skipped[:3]}",
                 stacklevel=2,
             )
         if len(self.usable) < ways:
+            rotations = " (rotated copies included)" if dataset.base_classes() < len(counts) else ""
             raise ValueError(
-                f"only {len(self.usable)} classes have >= {need} images; {ways}-way episodes "
-                f"need {ways}"
+                f"{dataset.describe()}: only {len(self.usable)} classes{rotations} have at "
+                f"least {need} images (--shots {shots} + --queries {queries}; the largest has "
+                f"{max(counts, default=0)}), and --ways {ways} needs {ways}: lower --queries "
+                "or --ways, or add images and classes"
             )
         self._rng = np.random.default_rng(seed)
 

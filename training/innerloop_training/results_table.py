@@ -12,6 +12,7 @@ code that prints them, with their sources.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,26 @@ QUICKDRAW_ANCHORS: dict[tuple[int, int], tuple[float, str]] = {
 REGRESSION_GAIN_TARGET = 5.0
 
 
+def shipped_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints git tracks in ``folder``: the shipped ones, not what a user trained into
+    it (``innerloop train --out checkpoints/...``). Outside a git checkout, every file."""
+    every = sorted(folder.glob("*.safetensors"))
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--", "."],
+            cwd=folder,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout.decode()
+    except (OSError, subprocess.SubprocessError):
+        return every
+    tracked = {name for name in listed.split("\0") if name and "/" not in name}
+    return [path for path in every if path.name in tracked]
+
+
 def load_cards(folder: Path) -> dict[str, dict[str, Any]]:
-    return {path.stem: read_card(path) for path in sorted(folder.glob("*.safetensors"))}
+    return {path.stem: read_card(path) for path in shipped_checkpoints(folder)}
 
 
 def _dataset(card: dict[str, Any]) -> str:

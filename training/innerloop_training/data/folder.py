@@ -48,9 +48,9 @@ def load_image_folder(
     """
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"image folder does not exist: {root}")
+        raise FileNotFoundError(f"--path {root}: no such folder (give a folder of class folders)")
     if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
+        raise NotADirectoryError(f"--path {root}: not a folder (give a folder of class folders)")
 
     groups: dict[str, list[Path]] = {}
     empty_leaves: list[Path] = []
@@ -62,7 +62,7 @@ def load_image_folder(
         if directory == root:
             if files:
                 raise ValueError(
-                    f"{root}: images found directly in the root (e.g. {files[0].name}); "
+                    f"--path {root}: images found directly in the folder (e.g. {files[0].name}); "
                     "put each class's images in its own sub-folder"
                 )
             continue
@@ -72,7 +72,7 @@ def load_image_folder(
             empty_leaves.append(directory)
     if not groups:
         raise ValueError(
-            f"{root}: no images found (expected <class>/<image> with one of "
+            f"--path {root}: no images found (expected <class>/<image> with one of "
             f"{', '.join(sorted(extensions))})"
         )
     if empty_leaves:

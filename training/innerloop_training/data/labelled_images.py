@@ -154,6 +154,23 @@ class LabelledImages:
         )
         return LabelledImages(names, images, src)
 
+    def base_classes(self, names: Iterable[str] | None = None) -> int:
+        """How many of ``names`` (default: all classes) are not rotated copies (``name@rotN``)."""
+        return sum("@rot" not in n for n in (self.class_names if names is None else names))
+
+    def describe(self) -> str:
+        """Where these classes come from, in the command line's words, for messages, e.g.
+        ``the train split of --path DIR (17 classes, 68 with rotations)``."""
+        source = self.source
+        if source.get("dataset") == "folder" and source.get("path"):
+            where = f"--path {source['path']}"
+        else:
+            where = f"--dataset {source.get('dataset', '?')}"
+        split = f"the {source['split']} split of " if source.get("split") else ""
+        base = self.base_classes()
+        rotated = f", {self.num_classes} with rotations" if base != self.num_classes else ""
+        return f"{split}{where} ({base} classes{rotated})"
+
     def __repr__(self) -> str:
         size = self.image_size if self.images else "?"
         return (

@@ -197,9 +197,11 @@ def load_omniglot(root: Path | str, background: bool, size: int = 28) -> Labelle
         if path.is_dir():
             return load_omniglot_folder(path, size=size)
     tried = ", ".join(str(c) for c in candidates)
+    data_root = root.parent if root.name == "omniglot" else root
     raise FileNotFoundError(
-        f"no Omniglot {stem} data found (tried {tried}); "
-        "see download_omniglot() or shared/data/MANIFEST.md"
+        f"no Omniglot {stem} data found (tried {tried}); pass --data-root DIR with an "
+        "omniglot/ folder, or download Lake's zips with "
+        f"`innerloop data fetch omniglot --data-root {data_root}`"
     )
 
 

@@ -180,7 +180,11 @@ def build_quickdraw_splits(
     rich_files = list_quickdraw_folder(rich_folder) if rich_folder is not None else {}
     sketch_names = quickdraw345_categories(sketches_npz) if sketches_npz is not None else []
     if not rich_files and not sketch_names:
-        raise FileNotFoundError("no Quick Draw data: neither source has any category")
+        raise FileNotFoundError(
+            "no Quick Draw data under --data-root: expected quickdraw/<category>.npy files or "
+            f"quickdraw345/{QUICKDRAW345_FILE}; `innerloop data where` shows what was found, "
+            "`innerloop data fetch quickdraw CATEGORY... --data-root DIR` downloads categories"
+        )
     universe = sorted(set(rich_files) | set(sketch_names))
     by_split = quickdraw_category_split(
         universe, seed, fractions, force_train=rich_files if rich_in_train else ()
@@ -196,7 +200,10 @@ def build_quickdraw_splits(
         if sparse:
             parts.append(load_quickdraw345(sketches_npz, sparse, size))  # type: ignore[arg-type]
         if not parts:
-            raise ValueError(f"Quick Draw split {split!r} is empty; adjust fractions")
+            raise ValueError(
+                f"Quick Draw {split} split is empty ({len(universe)} categories under "
+                "--data-root); add categories"
+            )
         joined = LabelledImages.concatenate(parts)
         keep = {n: i for i, n in enumerate(joined.class_names)}
         dataset = joined.subset(keep[n] for n in names)  # back to sorted category order

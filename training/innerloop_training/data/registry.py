@@ -20,11 +20,11 @@ Splits:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from innerloop_training.data import locate
 from innerloop_training.data.folder import load_image_folder
 from innerloop_training.data.labelled_images import (
     DEFAULT_FRACTIONS,
@@ -48,33 +48,27 @@ DATASETS: tuple[str, ...] = IMAGE_DATASETS + REGRESSION_DATASETS
 OMNIGLOT_SPLIT_SCHEMES: tuple[str, ...] = ("alphabets", "vinyals")
 OMNIGLOT_VAL_ALPHABETS = 5
 VINYALS_VAL_CHARACTERS = 100
-DATA_ENV = "INNERLOOP_DATA"
-
-_REPO_ROOT = Path(__file__).resolve().parents[3]
+DATA_ENV = locate.DATA_ENV
 
 
 def default_data_root() -> Path | None:
     """Where data lives: ``$INNERLOOP_DATA``, else ``<repo>/../shared/data``, else ``<repo>/data``.
 
     Returns ``None`` when none exists, so callers (and tests) can say so or skip.
+    ``innerloop data where`` prints this search.
     """
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser()
-    for candidate in (_REPO_ROOT.parent / "shared" / "data", _REPO_ROOT / "data"):
-        if candidate.is_dir():
-            return candidate
-    return None
+    return locate.first_root()
 
 
 def _require_root(data_root: Path | str | None) -> Path:
     root = Path(data_root) if data_root is not None else default_data_root()
     if root is None:
-        raise FileNotFoundError(
-            f"no data root: pass data_root or set ${DATA_ENV} (see shared/data/MANIFEST.md)"
-        )
+        raise FileNotFoundError(locate.no_data_message())
     if not root.exists():
-        raise FileNotFoundError(f"data root does not exist: {root}")
+        given = "--data-root" if data_root is not None else f"${DATA_ENV}"
+        raise FileNotFoundError(
+            f"data folder {root} (from {given}) does not exist; {locate.WHAT_TO_DO}"
+        )
     return root
 
 
@@ -178,13 +172,17 @@ def load_image_dataset(
     elif name == "folder":
         folder = path if path is not None else data_root
         if folder is None:
-            raise ValueError("dataset 'folder' needs path= (a folder of class folders)")
+            raise ValueError(
+                "--dataset folder needs --path DIR: a folder with one sub-folder of images per "
+                "class (DIR/cat/1.png, DIR/dog/1.png, ...)"
+            )
         everything = load_image_folder(folder, size)
         names = split_names(everything.class_names, seed, fractions)[split]
         if not names:
             raise ValueError(
-                f"{folder}: split {split!r} is empty with {everything.num_classes} classes and "
-                f"fractions {fractions}; add classes or change fractions"
+                f"--path {folder}: its {split} split is empty ({everything.num_classes} classes, "
+                f"split {fractions[0]:g}/{fractions[1]:g}/{fractions[2]:g} into train/val/test by "
+                "class); add class folders"
             )
         data = everything.select(names)
         data.source = {**everything.source, "fractions": list(fractions)}
