@@ -5,8 +5,9 @@ LitServe 0.2.19's ``BatchedLoop`` decodes, predicts and encodes a batch inside o
 #340), and its ``SingleLoop`` calls ``predict`` with a bare item instead of a list. This loop
 keeps LitServe's queue and transport but handles each request on its own:
 
-1. block until a request arrives, then collect more for up to ``batch_timeout`` seconds (at most
-   ``max_batch_size``); requests that waited longer than the server's ``timeout`` get 504;
+1. block until a request arrives, then take every request already queued (at most
+   ``max_batch_size``), waiting up to ``batch_timeout`` for more only while the previous batch
+   was shared; requests that waited longer than the server's ``timeout`` get 504;
 2. ``decode_request`` each one: a failure answers that request only;
 3. ``batch`` + ``predict`` + ``unbatch`` on the decoded ones: ``predict`` returns, per request,
    either a result or the exception that request caused;
@@ -70,18 +71,23 @@ class IsolatingBatchLoop(LitLoop):
         except (Empty, ValueError):
             return []
         items = [first]
-        deadline = time.monotonic() + lit_api.batch_timeout
-        while len(items) < lit_api.max_batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                item = (
-                    request_queue.get(timeout=remaining)
-                    if remaining > 0
-                    else request_queue.get_nowait()
-                )
-            except (Empty, ValueError):
-                break
-            items.append(item)
+        # Greedy first: take whatever is already queued, without waiting. Under load, requests
+        # pile up while a batch computes, so the next batch fills by itself; a lone request is
+        # not held back batch_timeout for company that is not coming. Only when the last batch
+        # was shared (load is on) does the loop wait up to batch_timeout for more.
+        self._drain(request_queue, items, lit_api.max_batch_size)
+        if self._last_batch > 1 and len(items) < lit_api.max_batch_size:
+            deadline = time.monotonic() + lit_api.batch_timeout
+            while len(items) < lit_api.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    items.append(request_queue.get(timeout=remaining))
+                except (Empty, ValueError):
+                    break
+                self._drain(request_queue, items, lit_api.max_batch_size)
+        self._last_batch = len(items)
         accepted = []
         stop = False
         timeout = lit_api.request_timeout
@@ -112,6 +118,16 @@ class IsolatingBatchLoop(LitLoop):
                 )
             raise _Stop
         return accepted
+
+    _last_batch = 0
+
+    @staticmethod
+    def _drain(request_queue: Queue, items: list[Any], limit: int) -> None:
+        while len(items) < limit:
+            try:
+                items.append(request_queue.get_nowait())
+            except (Empty, ValueError):
+                return
 
     # ---- 2-4. decode, predict, encode --------------------------------------------------------
     def process(
