@@ -81,6 +81,21 @@ def test_sdk_example_predicts_the_right_character(server: ServerProcess) -> None
     assert set(re.findall(r"'(char\d+)'", scores)) == {label for _, label in support}
 
 
+def test_adapter_example_runs_verbatim_and_labels_the_query(server: ServerProcess) -> None:
+    snippet = block_with("Using the server", "python", "client.adapt(")
+    run = subprocess.run(
+        [sys.executable, "-c", on_port(snippet, server)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr
+    adapter, label = run.stdout.split()
+    assert adapter.startswith("ad-")
+    assert label == "char3"  # the query is character 3 drawn by another person
+
+
 def test_curl_image_example_predicts_the_right_doodles(server: ServerProcess) -> None:
     for tool in ("bash", "curl", "base64", "tr"):
         if shutil.which(tool) is None:
