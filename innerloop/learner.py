@@ -294,7 +294,11 @@ class Learner:
     @property
     def scope(self) -> str:
         """The adaptation preset (:mod:`innerloop.scopes`) that this learner's frozen set is."""
-        return scope_of(self.body, self.parameter_names(), self.frozen)
+        cached = self.__dict__.get("_scope")
+        if cached is None or cached[0] != self.frozen:
+            cached = (self.frozen, scope_of(self.body, self.parameter_names(), self.frozen))
+            self.__dict__["_scope"] = cached
+        return str(cached[1])
 
     def with_scope(self, scope: str) -> Learner:
         """A copy that adapts ``scope``: newly frozen step sizes are dropped, newly adapted
