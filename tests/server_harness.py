@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +224,19 @@ class ServerProcess:
             self.process.wait(10)
         self._log.close()
         return self.process.returncode
+
+
+@contextlib.contextmanager
+def running(checkpoints: Path, log_path: Path, *args: str) -> Iterator[ServerProcess]:
+    """A healthy server for the duration of a ``with`` block (or a module fixture)."""
+    process = ServerProcess(checkpoints, log_path, *args)
+    try:
+        yield process.wait_healthy()
+    finally:
+        process.stop()
+
+
+@contextlib.contextmanager
+def http_client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60.0) as http:
+        yield http

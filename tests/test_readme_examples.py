@@ -68,21 +68,14 @@ def test_sdk_example_predicts_the_right_character(server: ServerProcess) -> None
     assert len(expected) == 1, "the query's character should be in the support set once"
     assert query[0] not in {path for path, _ in support}, "the query must be a new drawing"
 
-    run = subprocess.run(
-        [sys.executable, "-c", on_port(snippet, server)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert run.returncode == 0, run.stderr
+    run = run_python(snippet, server)
     label, _, scores = run.stdout.strip().partition(" ")
     assert label == expected[0], run.stdout
     assert set(re.findall(r"'(char\d+)'", scores)) == {label for _, label in support}
 
 
-def test_adapter_example_runs_verbatim_and_labels_the_query(server: ServerProcess) -> None:
-    snippet = block_with("Using the server", "python", "client.adapt(")
+def run_python(snippet: str, server: ServerProcess) -> subprocess.CompletedProcess[str]:
+    """Run a README Python block as a user would paste it, against ``server``."""
     run = subprocess.run(
         [sys.executable, "-c", on_port(snippet, server)],
         cwd=REPO,
@@ -91,6 +84,11 @@ def test_adapter_example_runs_verbatim_and_labels_the_query(server: ServerProces
         timeout=180,
     )
     assert run.returncode == 0, run.stderr
+    return run
+
+
+def test_adapter_example_runs_verbatim_and_labels_the_query(server: ServerProcess) -> None:
+    run = run_python(block_with("Using the server", "python", "client.adapt("), server)
     adapter, label = run.stdout.split()
     assert adapter.startswith("ad-")
     assert label == "char3"  # the query is character 3 drawn by another person

@@ -17,7 +17,14 @@ import httpx
 import pytest
 
 from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
-from tests.server_harness import ServerProcess, image_request, make_checkpoints, vector_request
+from tests.server_harness import (
+    ServerProcess,
+    http_client,
+    image_request,
+    make_checkpoints,
+    running,
+    vector_request,
+)
 
 SCOPED = ("omniglot-head", "omniglot-film")
 
@@ -33,18 +40,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     early.inner = dataclasses.replace(early.inner, tolerance=0.05)
     save_checkpoint(early, folder / "omniglot-early.safetensors", build_card(early, "early"))
     # room for a handful of tiny adapters only, so that eviction is reachable in a test
-    process = ServerProcess(
-        folder, tmp_path_factory.mktemp("logs") / "server.log", "--max-adapter-cache-bytes", "20000"
-    )
-    try:
-        yield process.wait_healthy()
-    finally:
-        process.stop()
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    with running(folder, log, "--max-adapter-cache-bytes", "20000") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60.0) as http:
+    with http_client(server) as http:
         yield http
 
 

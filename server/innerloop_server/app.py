@@ -206,25 +206,30 @@ def _route_through_decoding(
         for route in app.router.routes
         if not (isinstance(route, APIRoute) and route.path == API_PATH)
     ]
-    auth = [Depends(server.setup_auth(api))]
-    app.add_api_route(
-        API_PATH,
-        predict,
-        methods=["POST"],
-        response_model=PredictResponse,
-        dependencies=auth,
-        tags=["predict"],
-        summary="Adapt to the support set and predict the queries (or predict with an adapter)",
-    )
-    app.add_api_route(
-        ADAPT_PATH,
-        adapt,
-        methods=["POST"],
-        response_model=AdaptResponse,
-        dependencies=auth,
-        tags=["predict"],
-        summary="Adapt once on a support set; predict many times with the returned adapter id",
-    )
+    routes: list[tuple[str, Any, type, str]] = [
+        (
+            API_PATH,
+            predict,
+            PredictResponse,
+            "Adapt to the support set and predict the queries (or predict with an adapter)",
+        ),
+        (
+            ADAPT_PATH,
+            adapt,
+            AdaptResponse,
+            "Adapt once on a support set; predict many times with the returned adapter id",
+        ),
+    ]
+    for path, endpoint, response_model, summary in routes:
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            response_model=response_model,
+            dependencies=[Depends(server.setup_auth(api))],
+            tags=["predict"],
+            summary=summary,
+        )
 
 
 class _Terminated:
