@@ -43,7 +43,12 @@ def test_card_describes_the_model(tmp_path: Path) -> None:
     assert card["input"] == {"kind": "vector", "features": 1, "targets": 1}
     image_card = build_card(tiny_image_learner(), "glyphs")
     assert image_card["input"]["kind"] == "image" and image_card["input"]["size"] == 8
-    assert image_card["inner_loop"] == {"steps": 2, "lr": 0.05, "optimizer": "sgd"}
+    assert image_card["inner_loop"] == {
+        "steps": 2,
+        "lr": 0.05,
+        "optimizer": "sgd",
+        "tolerance": 0.0,
+    }
 
 
 @pytest.fixture
