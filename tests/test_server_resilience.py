@@ -16,6 +16,7 @@ from crafted_checkpoints import crafted_card, write
 from server_harness import ServerProcess, alive, descendants, image_request, make_checkpoints
 
 GRACE_S = 60.0
+REQUEST_TIMEOUT_S = 45.0
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,8 @@ def server(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         tmp_path_factory.mktemp("logs") / "server.log",
         "--shutdown-grace",
         str(GRACE_S),
+        "--request-timeout",
+        str(REQUEST_TIMEOUT_S),
         "--max-work",
         "1000000",
         "--max-steps",
@@ -75,8 +78,26 @@ def _inference_workers(main: int) -> set[int]:
     return found
 
 
+def _in_flight(server: ServerProcess) -> float:
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith("innerloop_predict_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("no innerloop_predict_in_flight in /metrics")
+
+
 def test_a_killed_worker_is_restarted(server: ServerProcess) -> None:
+    """The server stays up and serves again; the request the worker held gets 504 after
+    --request-timeout (it used to wait forever, holding its in-flight slot)."""
     assert _predict(server).status_code == 200
+    held: dict[str, httpx.Response] = {}
+
+    def send() -> None:
+        slow = image_request(20, 5, 50, steps=60)
+        held["answer"] = httpx.post(server.url + "/v1/predict", json=slow, timeout=120)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    time.sleep(1.5)  # the worker is on it now
     (worker,) = _inference_workers(server.process.pid)
     os.kill(worker, signal.SIGKILL)
     deadline = time.monotonic() + 180
@@ -92,6 +113,10 @@ def test_a_killed_worker_is_restarted(server: ServerProcess) -> None:
         time.sleep(0.5)
     assert _predict(server).status_code == 200
     assert server.process.poll() is None
+    thread.join(REQUEST_TIMEOUT_S + 60)
+    assert held["answer"].status_code == 504, held["answer"].text
+    assert "--request-timeout" in held["answer"].json()["detail"]
+    assert _in_flight(server) == 0
 
 
 def test_sigterm_drains_requests_in_flight(server: ServerProcess) -> None:

@@ -73,6 +73,7 @@ class ServerConfig:
     threads: int | None = None  # torch threads per worker
     body_timeout: float = 10.0  # seconds to receive a whole request body before 408
     shutdown_grace: float = 30.0  # seconds SIGTERM waits for in-flight requests
+    request_timeout: float = 120.0  # seconds from body read to answer before 504
 
 
 def resolve_device(device: str) -> str:
@@ -155,6 +156,7 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         body_timeout_s=config.body_timeout,
         draining=drain.draining,
         max_body_bytes=config.limits.max_body_bytes,
+        request_timeout_s=config.request_timeout,
     )
     app.add_middleware(BodySizeMiddleware, max_bytes=config.limits.max_body_bytes)
     if config.api_key:

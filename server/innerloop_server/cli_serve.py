@@ -137,6 +137,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to receive a whole request body; slower gets 408 (default: %(default)s)",
     )
     parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds from a body received to its answer; later gets 504 and frees its slot "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=30.0,
@@ -172,9 +180,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_timeout < 0 or args.timeout <= 0:
         print("innerloop serve: --batch-timeout must be >= 0 and --timeout > 0", file=sys.stderr)
         return 2
-    if args.body_timeout <= 0 or args.shutdown_grace < 0:
+    if args.body_timeout <= 0 or args.request_timeout <= 0 or args.shutdown_grace < 0:
         print(
-            "innerloop serve: --body-timeout must be > 0 and --shutdown-grace >= 0",
+            "innerloop serve: --body-timeout and --request-timeout must be > 0 and "
+            "--shutdown-grace >= 0",
             file=sys.stderr,
         )
         return 2
@@ -218,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         body_timeout=args.body_timeout,
         shutdown_grace=args.shutdown_grace,
+        request_timeout=args.request_timeout,
     )
     try:
         resolve_device(config.device)

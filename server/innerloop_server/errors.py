@@ -188,7 +188,7 @@ _BODY_ERRORS = {
     "413": "A size bound exceeded: body, image bytes or pixels, items, work (see --max-*)",
     "422": "Invalid request: the detail names the field and what is allowed",
     "503": "Too many requests in flight (--max-in-flight) or shutting down; see Retry-After",
-    "504": "Waited longer than --timeout for a worker",
+    "504": "Waited longer than --timeout for a worker, or no answer within --request-timeout",
 }
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
 

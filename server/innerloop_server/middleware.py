@@ -14,7 +14,9 @@
   ``max_in_flight`` at once across all HTTP processes (a shared counter); more get 503 with
   ``Retry-After``. Counting before the body arrived let 128 sockets that send half a body and
   wait lock every client out. While the server drains for shutdown (:class:`DrainState`), new
-  requests get 503 and the ones in flight are finished.
+  requests get 503 and the ones in flight are finished. A request not answered within
+  ``request_timeout_s`` gets 504 and gives its slot back: without that, a request whose worker
+  was killed waited forever and held its slot for good.
 """
 
 from __future__ import annotations
@@ -208,6 +210,7 @@ class OverloadMiddleware:
         body_timeout_s: float = 10.0,
         draining: Any = None,
         max_body_bytes: int | None = None,
+        request_timeout_s: float | None = None,
     ) -> None:
         self.app = app
         self.counter = counter  # multiprocessing.Value("i") created before the HTTP processes fork
@@ -217,6 +220,7 @@ class OverloadMiddleware:
         self.body_timeout_s = body_timeout_s
         self.draining = draining  # multiprocessing.Value("b") or None
         self.max_body_bytes = max_body_bytes
+        self.request_timeout_s = request_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") not in self.paths:
@@ -253,8 +257,26 @@ class OverloadMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: http.disconnect when the client leaves
 
+        answering = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal answering
+            answering = answering or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, replay, send)
+            await asyncio.wait_for(self.app(scope, replay, tracked), self.request_timeout_s)
+        except TimeoutError:
+            if not answering:
+                await send_json(
+                    send,
+                    504,
+                    {
+                        "detail": f"worker: no answer within {self.request_timeout_s:g} s "
+                        "(--request-timeout); the server is overloaded or its worker was "
+                        "restarted; retry"
+                    },
+                )
         finally:
             gauge.dec()
             with self.counter.get_lock():
