@@ -31,7 +31,7 @@ import torch
 from innerloop_server import logs
 from innerloop_server.adapters import Adapter, AdapterCache, adapter_id
 from innerloop_server.batching import Result, groups, predict_with_adapter, run_group
-from innerloop_server.decoding import Task, decode_queries, decode_request
+from innerloop_server.decoding import Task, check_work, decode_queries, decode_request
 from innerloop_server.errors import refuse_non_finite, request_error
 from innerloop_server.limits import Limits
 from innerloop_server.loop import IsolatingBatchLoop
@@ -140,6 +140,7 @@ class InnerloopAPI(ls.LitAPI):
             raise request_error(
                 413, "query", f"{len(request.query)} items; at most {self.limits.max_query} allowed"
             )
+        check_work(0, 0, len(request.query), self.limits)
         model = self.registry.get(adapter.model)
         if request.top_k is not None and request.top_k < 1:
             raise request_error(422, "top_k", f"{request.top_k} must be at least 1")

@@ -152,7 +152,7 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         OverloadMiddleware,
         counter=drain.in_flight,
         max_in_flight=config.limits.max_in_flight,
-        path=API_PATH,
+        path=frozenset({API_PATH, ADAPT_PATH}),
         body_timeout_s=config.body_timeout,
         draining=drain.draining,
         max_body_bytes=config.limits.max_body_bytes,

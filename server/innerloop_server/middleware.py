@@ -42,7 +42,17 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPEN_PATHS = frozenset({"/health", "/"})
 OPEN_PREFIXES = ("/assets/",)  # the drawing page's static files: no data, no model access
 KNOWN_PATHS = frozenset(
-    {"/v1/predict", "/v1/models", "/health", "/metrics", "/info", "/docs", "/openapi.json", "/"}
+    {
+        "/v1/predict",
+        "/v1/adapt",
+        "/v1/models",
+        "/health",
+        "/metrics",
+        "/info",
+        "/docs",
+        "/openapi.json",
+        "/",
+    }
 )
 QUIET_PATHS = frozenset({"/health", "/metrics"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
