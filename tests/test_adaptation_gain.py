@@ -16,13 +16,13 @@ from helpers import random_image_tasks, tiny_image_learner
 from innerloop_training.data import LabelledImages, default_data_root
 from innerloop_training.devices import learner_to, resolve_device
 from innerloop_training.episodes import EpisodeSampler
-from innerloop_training.tasks import TaskBatch
 from innerloop_training.evaluation import (
     EvaluationResult,
     episode_scores,
     evaluate_learner,
     prototype_scores,
 )
+from innerloop_training.tasks import TaskBatch
 from server_harness import REPO
 
 from innerloop.checkpoint import read_card
@@ -100,9 +100,7 @@ def _groups_dataset() -> tuple[LabelledImages, list[str]]:
         for character in range(3 + alphabet):  # alphabets of 3, 4, 5 and 6 characters
             names.append(f"alpha{alphabet}/character{character:02d}")
             images.append(np.full((6, 4, 4), 10 * alphabet + character, dtype=np.uint8))
-    return LabelledImages(names, images, {"dataset": "synthetic"}), [
-        n.split("/")[0] for n in names
-    ]
+    return LabelledImages(names, images, {"dataset": "synthetic"}), [n.split("/")[0] for n in names]
 
 
 def test_within_group_episodes_draw_every_class_from_one_group() -> None:

@@ -20,6 +20,7 @@ from innerloop.learner import HEADS
 from innerloop.models import WARP_KINDS
 from innerloop_training.algorithms import ALGORITHMS
 from innerloop_training.data.registry import DATASETS, OMNIGLOT_SPLIT_SCHEMES
+from innerloop_training.devices import add_device_argument
 from innerloop_training.trainer import TrainConfig, Trainer
 
 DEFAULTS = TrainConfig()
@@ -163,6 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "its training record is kept in the new card",
     )
     add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_device_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

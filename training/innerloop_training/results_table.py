@@ -117,7 +117,7 @@ def _evaluate_command(name: str, card: dict[str, Any], dataset: str) -> str | No
 def _evaluate_commands(name: str, card: dict[str, Any], dataset: str) -> list[str]:
     """One ``innerloop evaluate`` per (task source, protocol) recorded in the card, each giving
     every (ways, shots) of that group; the checkpoint's own source first."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for key, result in card.get("evaluation", {}).items():
         parts = key.split("/")
         if len(parts) < 3 or parts[1] != "test" or key.endswith("/untrained"):
@@ -125,12 +125,14 @@ def _evaluate_commands(name: str, card: dict[str, Any], dataset: str) -> list[st
         if any(p.startswith("scope-") for p in parts[3:]):
             continue
         within = "within-alphabet" if "within-alphabet" in parts[3:] else ""
-        groups.setdefault((parts[0], within), []).append(result)
+        groups.setdefault((parts[0], within, -int(result["episodes"])), []).append(result)
     commands = []
-    for (source, within), settings in sorted(groups.items(), key=lambda g: (g[0][0] != dataset, g)):
+    for (source, within, fewer), settings in sorted(
+        groups.items(), key=lambda g: (g[0][0] != dataset, g[0])
+    ):
         ways = sorted({int(s["ways"]) for s in settings if s.get("ways")})
         shots = sorted({int(s["shots"]) for s in settings})
-        episodes = max(int(s["episodes"]) for s in settings)
+        episodes = -fewer
         grid = f"--ways {' '.join(map(str, ways))} " if ways else ""
         steps = {s.get("steps") for s in settings}
         step_flag = f" --steps {steps.pop()}" if source in ("sine", "logistic") else ""
@@ -179,22 +181,26 @@ def _classification_section(
         return []
     lines = [title, ""]
     lines.append(
-        "| model, task | served loop | prototype baseline | gain | target | gain target | "
-        "anchor |"
+        "| model, task | served loop | prototype baseline | gain | target | gain target | anchor |"
     )
     lines.append("|---|---:|---:|---:|---:|---:|---|")
     for name in names:
+        main = name == names[0]  # targets and anchors are for the first (the dataset's) model
         evaluation = cards[name].get("evaluation", {})
         for (ways, shots), (target, anchor) in anchors.items():
             result = evaluation.get(f"{dataset}/test/{ways}way{shots}shot", {})
+            if not result and not main:
+                continue
             gain_target = GAIN_TARGETS.get((dataset, dataset, ways, shots), "≥ 0")
             label = f"`{name}`, {ways}-way {shots}-shot"
-            lines.append(_row(label, result, f"{target:.1f}", gain_target, anchor))
+            shown = (f"{target:.1f}", anchor) if main else ("", "")
+            lines.append(_row(label, result, shown[0], gain_target, shown[1]))
         for (ways, shots), target in WITHIN_ALPHABET_TARGETS.items():
             result = evaluation.get(f"{dataset}/test/{ways}way{shots}shot/within-alphabet", {})
             if result:
                 label = f"`{name}`, {ways}-way {shots}-shot, within one alphabet"
-                lines.append(_row(label, result, f"{target:.1f}", "≥ 0", "Lake et al.'s protocol"))
+                bar = f"{target:.1f}" if main else ""
+                lines.append(_row(label, result, bar, "≥ 0", "Lake et al.'s protocol"))
         for source in (d for d in DATASET_TITLES if d != dataset):
             for (ways, shots), _ in anchors.items():
                 result = evaluation.get(f"{source}/test/{ways}way{shots}shot", {})

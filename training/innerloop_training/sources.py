@@ -14,13 +14,13 @@ from typing import Protocol
 import torch
 
 from innerloop_training.data.labelled_images import LabelledImages
+from innerloop_training.data.omniglot import omniglot_alphabet_of
 from innerloop_training.data.registry import (
     IMAGE_DATASETS,
     REGRESSION_DATASETS,
     load_image_dataset,
     load_task_family,
 )
-from innerloop_training.data.omniglot import omniglot_alphabet_of
 from innerloop_training.data.regression import RegressionTaskFamily
 from innerloop_training.episodes import EpisodeSampler, fixed_episodes
 from innerloop_training.tasks import TaskBatch, task_batch
