@@ -73,6 +73,7 @@ class TrainConfig:
     resume: bool = False
     init: str | None = None  # start from this checkpoint's meta-parameters (warm start)
     device: str = "auto"  # auto | cpu | cuda (innerloop_training.devices)
+    adapt: str = "all"  # adaptation scope meta-trained and served (innerloop.scopes)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     @property
@@ -117,7 +118,7 @@ def build_learner(config: TrainConfig) -> Learner:
             kind="conv4", image_size=config.image_size, filters=config.filters, warp=config.warp
         )
     inner = InnerDefaults(config.inner_steps, config.inner_lr, config.inner_optimizer)
-    return Learner.create(
+    learner = Learner.create(
         arch,
         config.head,
         inner,
@@ -125,6 +126,8 @@ def build_learner(config: TrainConfig) -> Learner:
         max_ways=config.max_ways,
         seed=config.seed,
     )
+    # meta-train the loop the server will run: only the scope adapts (learned step sizes kept)
+    return learner if config.adapt == "all" else learner.with_scope(config.adapt)
 
 
 def build_sources(config: TrainConfig, train_seed: int) -> tuple[TaskSource, TaskSource]:
