@@ -89,8 +89,10 @@ def test_tune_never_serves_a_loop_worse_than_the_prototype_baseline(tmp_path: Pa
     card = read_card(path)
     tuning = card["inner_loop_tuning"]
     assert tuning["shifted_dataset"] == "quickdraw"
-    hurt = [c for c in tuning["grid"] if c["steps"] == 2]
-    assert len(hurt) == 2 and all(c["worst_in_domain_gain"] < 0 for c in hurt)
+    tried = {c["scope"]: c for c in tuning["grid"] if c["steps"] == 2}
+    assert tried.keys() == {"all", "film"} and tried["all"]["worst_in_domain_gain"] < 0
+    # a 1-shot support set is already fit, so film's loop moves little: at best a tie with
+    # 0 steps, and ties go to fewer steps
     zero = [c for c in tuning["grid"] if c["steps"] == 0]
     assert len(zero) == 1 and zero[0]["mean_gain"] == 0.0
     assert card["inner_loop"]["steps"] == 0 and card["adaptation"]["scope"] == "film"
