@@ -64,7 +64,11 @@ def test_card_says_how_it_was_made(name: str) -> None:
     assert "images_evaluation" not in str(training.get("data", ""))
     assert card.get("evaluation"), "evaluate with --record before shipping"
     learner, _ = load_checkpoint(path)
-    assert learner.inner.steps >= 1
+    if learner.inner.steps == 0:
+        # serving the prototype answer is a choice made on validation classes, on record
+        tuning = card["inner_loop_tuning"]
+        assert tuning["split"] == "val" and tuning["command"].startswith("innerloop tune")
+        assert any(cell["steps"] > 0 for cell in tuning["grid"])  # loops were tried
 
 
 def _dataset(card: dict[str, Any]) -> str:

@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from innerloop_training.data import default_data_root
 from server_harness import REPO
 
 from innerloop.checkpoint import load_checkpoint, read_card
+
+DATA = default_data_root()
 
 
 def tune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -46,7 +50,7 @@ def test_tune_picks_the_better_loop_on_validation_and_writes_it(tmp_path: Path) 
     tuning = card["inner_loop_tuning"]
     assert tuning["split"] == "val" and len(tuning["grid"]) == 2
     assert tuning["command"].startswith("innerloop tune ") and "--write" in tuning["command"]
-    assert tuning["trained_with"] == {"steps": 1, "lr": 0.01}
+    assert tuning["trained_with"] == {"steps": 1, "lr": 0.01, "scope": "all"}
     scores = {cell["steps"]: cell["score"] for cell in tuning["grid"]}
     assert scores[10] < scores[1]
     learner, _ = load_checkpoint(path)
@@ -65,3 +69,34 @@ def test_tune_without_a_dataset_or_file_says_why(tmp_path: Path) -> None:
     missing = tune(str(tmp_path / "absent.safetensors"), cwd=tmp_path)
     assert missing.returncode == 2
     assert "innerloop tune:" in missing.stdout and "Traceback" not in missing.stderr
+
+
+@pytest.mark.skipif(
+    DATA is None or not (DATA / "omniglot").exists() or not (DATA / "quickdraw").exists(),
+    reason="needs /work/shared/data (Omniglot and Quick Draw)",
+)
+def test_tune_never_serves_a_loop_worse_than_the_prototype_baseline(tmp_path: Path) -> None:
+    """A step size that wrecks the features loses to not adapting: tune serves 0 steps, as the
+    cheapest scope, and the card's frozen set says so."""
+    path = tmp_path / "omniglot.safetensors"
+    shutil.copy(REPO / "checkpoints" / "omniglot.safetensors", path)
+    result = tune(
+        str(path), "--ways", "5", "--shots", "1", "--scopes", "all", "film", "--steps", "0", "2",
+        "--lr", "3.0", "--episodes", "3", "--threads", "1", "--write", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "prototype baseline (shifted): quickdraw 5-way 1-shot" in result.stdout
+    card = read_card(path)
+    tuning = card["inner_loop_tuning"]
+    assert tuning["shifted_dataset"] == "quickdraw"
+    tried = {c["scope"]: c for c in tuning["grid"] if c["steps"] == 2}
+    assert tried.keys() == {"all", "film"} and tried["all"]["worst_in_domain_gain"] < 0
+    # a 1-shot support set is already fit, so film's loop moves little: at best a tie with
+    # 0 steps, and ties go to fewer steps
+    zero = [c for c in tuning["grid"] if c["steps"] == 0]
+    assert len(zero) == 1 and zero[0]["mean_gain"] == 0.0
+    assert card["inner_loop"]["steps"] == 0 and card["adaptation"]["scope"] == "film"
+    learner, _ = load_checkpoint(path)
+    assert learner.scope == "film" and learner.inner.steps == 0
+    assert "body.0.weight" in learner.frozen and "body.1.weight" not in learner.frozen
+    assert set(learner.step_sizes) == set(learner.parameter_names()) - learner.frozen

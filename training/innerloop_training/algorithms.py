@@ -139,7 +139,11 @@ class Reptile(MetaAlgorithm):
         learner = self.learner
         x = torch.cat([batch.support_x, batch.query_x], dim=1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1)
-        query_weight = torch.ones(batch.query_x.shape[:2], dtype=batch.support_weight.dtype)
+        query_weight = torch.ones(
+            batch.query_x.shape[:2],
+            dtype=batch.support_weight.dtype,
+            device=batch.support_weight.device,
+        )
         weight = torch.cat([batch.support_weight, query_weight], dim=1)
         with torch.no_grad():
             adapted, before, after = reptile_adapted_params(

@@ -10,6 +10,13 @@ Example: innerloop evaluate checkpoints/omniglot.safetensors --dataset omniglot 
 
 Several --ways and --shots values evaluate every combination (one line, or one JSON line, each);
 --plot draws accuracy against ways, one line per shots value, with 95% confidence bands.
+
+Every classification result also carries, on the same episodes, the nearest-prototype baseline
+on the un-adapted features (``prototype_accuracy``) and the loop's ``gain`` over it with a
+paired 95% interval (``gain_ci95``): the inner loop must pay for itself. Any checkpoint runs on
+any task source (``--dataset quickdraw`` for the Omniglot model is the domain-shift row);
+``--within-alphabet`` draws every class of an Omniglot episode from one test alphabet (Lake's
+harder protocol); ``--scope`` evaluates the checkpoint adapting only part of itself.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import torch
 
 from innerloop.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from innerloop.learner import Learner
+from innerloop.scopes import ADAPT_SCOPES
 from innerloop_training.data.registry import DATASETS, OMNIGLOT_SPLIT_SCHEMES
+from innerloop_training.devices import add_device_argument, learner_to, resolve_device
 from innerloop_training.evaluation import EvaluationResult, evaluate_learner
 from innerloop_training.sources import build_source
 
@@ -49,7 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--data-root", default=None, help="data folder (default: $INNERLOOP_DATA or ../shared/data)"
     )
-    add("--path", default=None, help="for --dataset folder: a folder of class folders")
+    add(
+        "--path",
+        default=None,
+        help="for --dataset folder: a folder of class folders (default: the card's, when the "
+        "checkpoint was trained on a folder)",
+    )
     add(
         "--split-scheme",
         choices=OMNIGLOT_SPLIT_SCHEMES,
@@ -78,6 +92,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="queries per class (default 15; regression: 100 query points)",
     )
     add("--unbalanced", action="store_true", help="episodes with 1..K shots per class")
+    add(
+        "--within-alphabet",
+        action="store_true",
+        help="Omniglot: all classes of an episode from one alphabet (Lake's within-alphabet "
+        "protocol); recorded as KEY/within-alphabet",
+    )
+    add(
+        "--scope",
+        choices=ADAPT_SCOPES,
+        default=None,
+        help="adapt only this part of the model (default: the checkpoint's own scope); "
+        "recorded as KEY/scope-SCOPE when it differs from the card's",
+    )
     add("--episodes", type=int, default=600, help="number of fixed episodes")
     add("--seed", type=int, default=EVAL_SEED, help="seed of the fixed episodes")
     add("--steps", type=int, default=None, help="inner steps (default: the checkpoint's)")
@@ -97,6 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "as KEY/untrained, beside the checkpoint's own result",
     )
     add("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_argument(parser)
     add(
         "--plot",
         default=None,
@@ -124,7 +152,16 @@ def run(args: argparse.Namespace) -> int:
         print("innerloop evaluate: the checkpoint does not say its dataset; pass --dataset")
         return 2
     regression = learner.task == "regression"
-    evaluated = untrained_twin(learner, card) if args.untrained else learner
+    try:
+        device = resolve_device(args.device)
+        evaluated = untrained_twin(learner, card) if args.untrained else learner
+        if args.scope is not None:
+            evaluated = evaluated.with_scope(args.scope)
+    except ValueError as error:
+        print(f"innerloop evaluate: {error}")
+        return 2
+    other_scope = args.scope is not None and args.scope != learner.scope
+    evaluated = learner_to(evaluated, device)
     grid = (
         [(None, shots) for shots in args.shots]
         if regression
@@ -133,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[EvaluationResult] = []
     for ways, shots in grid:
         try:
-            result = _evaluate_one(evaluated, card, dataset, args, ways, shots)
+            result = _evaluate_one(evaluated, card, dataset, args, ways, shots, device)
         except (ValueError, FileNotFoundError) as error:
             print(f"innerloop evaluate: {error}")
             return 2
@@ -142,11 +179,12 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_dict()), flush=True)
         else:
             what = "regression" if regression else f"{ways}-way {shots}-shot"
+            what += " within-alphabet" if args.within_alphabet else ""
+            what += f" (scope {evaluated.scope})" if other_scope else ""
             what += " (untrained baseline)" if args.untrained else ""
             print(f"{card['name']} on {dataset} {args.split}, {what}: {result.summary()}")
         if args.record:
-            key = "regression" if regression else f"{ways}way{shots}shot"
-            key += "/untrained" if args.untrained else ""
+            key = result_key(regression, ways, shots, args.within_alphabet, other_scope, args)
             try:
                 record_result(learner, args.checkpoint, f"{dataset}/{args.split}/{key}", result)
             except CheckpointError as error:
@@ -158,6 +196,21 @@ def run(args: argparse.Namespace) -> int:
         title = f"{card['name']}: {dataset} {args.split} split, {args.episodes} episodes each"
         print(f"wrote {plot_ways_and_shots(results, Path(args.plot), title)}")
     return 0
+
+
+def result_key(
+    regression: bool,
+    ways: int | None,
+    shots: int,
+    within_alphabet: bool,
+    other_scope: bool,
+    args: argparse.Namespace,
+) -> str:
+    """The card key under ``DATASET/SPLIT/``: setting, then protocol and variant suffixes."""
+    key = "regression" if regression else f"{ways}way{shots}shot"
+    key += "/within-alphabet" if within_alphabet else ""
+    key += f"/scope-{args.scope}" if other_scope else ""
+    return key + ("/untrained" if args.untrained else "")
 
 
 def record_result(learner: Learner, path: str, key: str, result: EvaluationResult) -> None:
@@ -196,6 +249,7 @@ def _evaluate_one(
     args: argparse.Namespace,
     ways: int | None,
     shots: int,
+    device: torch.device,
 ) -> EvaluationResult:
     trained = card.get("training", {}).get("config", {})
     regression = ways is None
@@ -208,16 +262,23 @@ def _evaluate_one(
         queries=queries,
         seed=args.seed,
         data_root=args.data_root,
-        path=args.path,
+        path=args.path or _card_path(trained, dataset),
         image_size=learner.arch.image_size,
         unbalanced=args.unbalanced,
         split_scheme=args.split_scheme or trained.get("split_scheme", "alphabets"),
         split_seed=args.split_seed if args.split_seed is not None else trained.get("split_seed", 0),
+        within_alphabet=args.within_alphabet,
     )
     batches = source.fixed(args.episodes, seed=args.seed, chunk=args.chunk)
     started = time.monotonic()
     result = evaluate_learner(
-        learner, batches, steps=args.steps, lr=args.lr, progress=not args.json
+        learner,
+        batches,
+        steps=args.steps,
+        lr=args.lr,
+        progress=not args.json,
+        baseline=True,
+        device=device,
     )
     result.settings = {
         "dataset": dataset,
@@ -229,6 +290,18 @@ def _evaluate_one(
         "seed": args.seed,
         "steps": args.steps if args.steps is not None else learner.inner.steps,
         "lr": args.lr if args.lr is not None else learner.inner.lr,
+        "scope": learner.scope,
         "seconds": round(time.monotonic() - started, 2),
+        "device": device.type,
     }
+    if args.within_alphabet:
+        result.settings["within"] = "alphabet"
     return result
+
+
+def _card_path(trained: dict[str, Any], dataset: str) -> str | None:
+    """A folder model's own folder, so ``evaluate`` needs no ``--path`` for it."""
+    if dataset == "folder" and trained.get("dataset") == "folder":
+        path = trained.get("path")
+        return str(path) if path else None
+    return None

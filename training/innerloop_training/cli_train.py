@@ -22,8 +22,10 @@ import torch
 from innerloop.adaptation import OPTIMIZERS
 from innerloop.learner import HEADS
 from innerloop.models import WARP_KINDS
+from innerloop.scopes import ADAPT_SCOPES
 from innerloop_training.algorithms import ALGORITHMS
 from innerloop_training.data.registry import DATASETS, OMNIGLOT_SPLIT_SCHEMES
+from innerloop_training.devices import add_device_argument
 from innerloop_training.trainer import TrainConfig, Trainer
 
 DEFAULTS = TrainConfig()
@@ -172,6 +174,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "its training record is kept in the new card",
     )
     add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_device_argument(parser)
+    add(
+        "--adapt",
+        choices=ADAPT_SCOPES,
+        default=DEFAULTS.adapt,
+        help="what the inner loop adapts, in training and when served: everything, the "
+        "normalisation affine + head (film), the last block + head, or the head only",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -9,6 +9,11 @@ as real users' support sets are. To keep a fixed tensor shape (needed for ``vmap
 is padded to ``ways * shots`` rows with copies of real rows carrying ``support_weight = 0``; a
 loss must weight per-example terms by ``support_weight`` (and normalise by its sum).
 
+Within-group episodes (``groups``: one group id per class) draw all ``ways`` classes of a task
+from one group, picked uniformly among the groups with enough classes. For Omniglot the groups
+are alphabets: Lake et al.'s *within-alphabet* protocol of the one-shot challenge, harder than
+drawing characters across alphabets because characters of one alphabet look alike.
+
 Everything is drawn from one ``numpy`` generator seeded at construction, in a fixed order, so the
 tasks depend only on (dataset, settings, seed, sequence of ``sample`` calls), and task ``i`` is
 the same whatever batch sizes were used to reach it.
@@ -112,6 +117,7 @@ class EpisodeSampler:
         queries: int,
         seed: int,
         unbalanced: bool = False,
+        groups: list[str] | None = None,
     ) -> None:
         if ways < 1 or shots < 1 or queries < 0:
             raise ValueError(
@@ -140,12 +146,34 @@ class EpisodeSampler:
                 f"{max(counts, default=0)}), and --ways {ways} needs {ways}: lower --queries "
                 "or --ways, or add images and classes"
             )
+        self._groups: list[np.ndarray] | None = None
+        if groups is not None:
+            self._groups = self._group_classes(groups, ways)
         self._rng = np.random.default_rng(seed)
+
+    def _group_classes(self, groups: list[str], ways: int) -> list[np.ndarray]:
+        """Usable classes of each group that has at least ``ways`` of them."""
+        if len(groups) != self.dataset.num_classes:
+            raise ValueError(f"{len(groups)} group ids for {self.dataset.num_classes} classes")
+        members: dict[str, list[int]] = {}
+        for cls in self.usable:
+            members.setdefault(groups[cls], []).append(int(cls))
+        eligible = [np.array(c, dtype=np.int64) for c in members.values() if len(c) >= ways]
+        if not eligible:
+            largest = max((len(c) for c in members.values()), default=0)
+            raise ValueError(
+                f"no group has {ways} usable classes (the largest has {largest}); "
+                f"within-group {ways}-way episodes are impossible"
+            )
+        return eligible
 
     def _task(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """One task as refs ``[S,2]``, labels ``[S]``, weights ``[S]``, query refs and labels."""
         rng, ways, shots, queries = self._rng, self.ways, self.shots, self.queries
-        classes = rng.choice(self.usable, size=ways, replace=False)
+        pool = self.usable
+        if self._groups is not None:
+            pool = self._groups[int(rng.integers(len(self._groups)))]
+        classes = rng.choice(pool, size=ways, replace=False)
         # Unbalanced: each class gets 1..shots real support images (a per-class random count).
         k = rng.integers(1, shots + 1, size=ways) if self.unbalanced else np.full(ways, shots)
         s_refs, s_labels, q_refs, q_labels = [], [], [], []
@@ -219,6 +247,7 @@ def iter_fixed_episodes(
     seed: int,
     batch_size: int = 32,
     unbalanced: bool = False,
+    groups: list[str] | None = None,
 ) -> Iterator[EpisodeBatch]:
     """The same ``episodes`` tasks every time, in chunks of ``batch_size`` (last may be smaller).
 
@@ -227,7 +256,7 @@ def iter_fixed_episodes(
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    sampler = EpisodeSampler(dataset, ways, shots, queries, seed, unbalanced)
+    sampler = EpisodeSampler(dataset, ways, shots, queries, seed, unbalanced, groups)
     done = 0
     while done < episodes:
         n = min(batch_size, episodes - done)
@@ -244,8 +273,11 @@ def fixed_episodes(
     seed: int,
     batch_size: int = 32,
     unbalanced: bool = False,
+    groups: list[str] | None = None,
 ) -> list[EpisodeBatch]:
     """:func:`iter_fixed_episodes` as a list (holds every task in memory)."""
     return list(
-        iter_fixed_episodes(dataset, ways, shots, queries, episodes, seed, batch_size, unbalanced)
+        iter_fixed_episodes(
+            dataset, ways, shots, queries, episodes, seed, batch_size, unbalanced, groups
+        )
     )

@@ -64,11 +64,28 @@ def _dataset(card: dict[str, Any]) -> str:
     return str(card.get("training", {}).get("config", {}).get("dataset", "?"))
 
 
-def _accuracy(card: dict[str, Any], dataset: str, ways: int, shots: int) -> str:
-    result = card.get("evaluation", {}).get(f"{dataset}/test/{ways}way{shots}shot")
-    if not result:
+def _cell(result: dict[str, Any], key: str) -> str:
+    """``mean ± ci`` in points, or ``–`` when the card lacks it (recorded before it existed)."""
+    if not result or key not in result:
         return "–"
-    return f"{100 * result['mean']:.1f} ± {100 * result['ci95']:.1f}"
+    ci = result.get("ci95" if key == "mean" else key.replace("accuracy", "ci95"), 0.0)
+    return f"{100 * result[key]:.1f} ± {100 * ci:.1f}"
+
+
+def _gain(result: dict[str, Any]) -> str:
+    if not result or "gain" not in result:
+        return "–"
+    return f"{100 * result['gain']:+.1f} ± {100 * result['gain_ci95']:.1f}"
+
+
+def _served(card: dict[str, Any]) -> str:
+    """The loop the server runs, as the card states it."""
+    loop = card.get("inner_loop", {})
+    scope = card.get("adaptation", {}).get("scope", "all")
+    steps = int(loop.get("steps", 0))
+    if steps == 0:
+        return "0 steps (the prototype answer)"
+    return f"{steps} steps of lr {loop.get('lr')}, scope {scope}"
 
 
 def _minutes(training: dict[str, Any]) -> float:
@@ -112,19 +129,56 @@ def _commands(card: dict[str, Any]) -> list[str]:
 
 
 def _evaluate_command(name: str, card: dict[str, Any], dataset: str) -> str | None:
-    keys = [k for k in card.get("evaluation", {}) if k.startswith(f"{dataset}/test/")]
-    settings = [card["evaluation"][k] for k in keys if not k.endswith("/untrained")]
-    if not settings:
-        return None
-    ways = sorted({int(s["ways"]) for s in settings if s.get("ways")})
-    shots = sorted({int(s["shots"]) for s in settings})
-    episodes = max(int(s["episodes"]) for s in settings)
-    grid = f"--ways {' '.join(map(str, ways))} " if ways else ""
-    steps = {s.get("steps") for s in settings}
-    step_flag = f" --steps {steps.pop()}" if dataset in ("sine", "logistic") else ""
+    commands = _evaluate_commands(name, card, dataset)
+    return commands[0] if commands else None
+
+
+def _evaluate_commands(name: str, card: dict[str, Any], dataset: str) -> list[str]:
+    """One ``innerloop evaluate`` per (task source, protocol) recorded in the card, each giving
+    every (ways, shots) of that group; the checkpoint's own source first."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for key, result in card.get("evaluation", {}).items():
+        parts = key.split("/")
+        if len(parts) < 3 or parts[1] != "test" or key.endswith("/untrained"):
+            continue
+        if any(p.startswith("scope-") for p in parts[3:]):
+            continue
+        within = "within-alphabet" if "within-alphabet" in parts[3:] else ""
+        groups.setdefault((parts[0], within, -int(result["episodes"])), []).append(result)
+    commands = []
+    for (source, within, fewer), settings in sorted(
+        groups.items(), key=lambda g: (g[0][0] != dataset, g[0])
+    ):
+        ways = sorted({int(s["ways"]) for s in settings if s.get("ways")})
+        shots = sorted({int(s["shots"]) for s in settings})
+        episodes = -fewer
+        grid = f"--ways {' '.join(map(str, ways))} " if ways else ""
+        steps = {s.get("steps") for s in settings}
+        step_flag = f" --steps {steps.pop()}" if source in ("sine", "logistic") else ""
+        flag = " --within-alphabet" if within else ""
+        commands.append(
+            f"innerloop evaluate checkpoints/{name}.safetensors --dataset {source} {grid}"
+            f"--shots {' '.join(map(str, shots))}{flag}{step_flag} --episodes {episodes}"
+        )
+    return commands
+
+
+DATASET_TITLES = {"omniglot": "Omniglot", "quickdraw": "Quick Draw", "folder": "a folder"}
+WITHIN_ALPHABET_TARGETS: dict[tuple[int, int], float] = {(20, 1): 95.0}
+GAIN_TARGETS: dict[tuple[str, str, int, int], str] = {
+    # (model's dataset, task source, ways, shots): the issue's adaptation-gain target
+    ("quickdraw", "quickdraw", 5, 5): "≥ +1",
+    ("omniglot", "quickdraw", 5, 5): "≥ +3",
+    ("quickdraw", "omniglot", 5, 5): "≥ +3",
+}
+
+
+def _row(
+    label: str, result: dict[str, Any], target: str, gain_target: str, anchor: str = ""
+) -> str:
     return (
-        f"innerloop evaluate checkpoints/{name}.safetensors --dataset {dataset} {grid}"
-        f"--shots {' '.join(map(str, shots))}{step_flag} --episodes {episodes}"
+        f"| {label} | {_cell(result, 'mean')} | {_cell(result, 'prototype_accuracy')} | "
+        f"{_gain(result)} | {target} | {gain_target} | {anchor} |"
     )
 
 
@@ -145,21 +199,43 @@ def _classification_section(
     if not names:
         return []
     lines = [title, ""]
-    lines.append("| task | " + " | ".join(f"`{n}`" for n in names) + " | target | anchor |")
-    lines.append("|---|" + "---:|" * len(names) + "---:|---|")
-    for (ways, shots), (target, anchor) in anchors.items():
-        cells = [_accuracy(cards[n], dataset, ways, shots) for n in names]
-        lines.append(
-            f"| {ways}-way {shots}-shot | " + " | ".join(cells) + f" | {target:.1f} | {anchor} |"
-        )
-    lines += ["", "How each was made (from its card):", ""]
-    lines += [f"- {_how_made(n, cards[n])}" for n in names]
+    lines.append(
+        "| model, task | served loop | prototype baseline | gain | target | gain target | anchor |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---|")
+    for name in names:
+        main = name == names[0]  # targets and anchors are for the first (the dataset's) model
+        evaluation = cards[name].get("evaluation", {})
+        for (ways, shots), (target, anchor) in anchors.items():
+            result = evaluation.get(f"{dataset}/test/{ways}way{shots}shot", {})
+            if not result and not main:
+                continue
+            gain_target = GAIN_TARGETS.get((dataset, dataset, ways, shots), "≥ 0")
+            label = f"`{name}`, {ways}-way {shots}-shot"
+            shown = (f"{target:.1f}", anchor) if main else ("", "")
+            lines.append(_row(label, result, shown[0], gain_target, shown[1]))
+        for (ways, shots), target in WITHIN_ALPHABET_TARGETS.items():
+            result = evaluation.get(f"{dataset}/test/{ways}way{shots}shot/within-alphabet", {})
+            if result:
+                label = f"`{name}`, {ways}-way {shots}-shot, within one alphabet"
+                bar = f"{target:.1f}" if main else ""
+                lines.append(_row(label, result, bar, "≥ 0", "Lake et al.'s protocol"))
+        for source in (d for d in DATASET_TITLES if d != dataset):
+            for (ways, shots), _ in anchors.items():
+                result = evaluation.get(f"{source}/test/{ways}way{shots}shot", {})
+                if result:
+                    gain_target = GAIN_TARGETS.get((dataset, source, ways, shots), "")
+                    label = (
+                        f"`{name}` on {DATASET_TITLES[source]} (domain shift), "
+                        f"{ways}-way {shots}-shot"
+                    )
+                    lines.append(_row(label, result, "", gain_target, "never trained on it"))
+    lines += ["", "How each was made and what it serves (from its card):", ""]
+    lines += [f"- {_how_made(n, cards[n])}; serves {_served(cards[n])}" for n in names]
     lines += ["", "```bash"]
     for name in names:
         lines += _commands(cards[name])
-        command = _evaluate_command(name, cards[name], dataset)
-        if command:
-            lines.append(command)
+        lines += _evaluate_commands(name, cards[name], dataset)
     lines += ["```", ""]
     return lines
 
@@ -204,14 +280,17 @@ def results_markdown(folder: Path) -> str:
     lines = [
         *_classification_section(
             "**Omniglot**: 5- and 20-way tasks on the 20 alphabets of `images_evaluation`, "
-            "never seen in training (600 fixed episodes, 15 queries per class, 95% CI):",
+            "never seen in training (fixed episodes, 15 queries per class, 95% CI). *Served "
+            "loop* is the checkpoint's own inner loop, as the server runs it; *prototype "
+            "baseline* is the nearest-prototype classifier on its un-adapted features, on the "
+            "same episodes; *gain* is their paired difference (points):",
             "omniglot",
             cards,
             OMNIGLOT_ANCHORS,
         ),
         *_classification_section(
-            "**Quick Draw**: 5-way tasks on categories never seen in training (600 fixed "
-            "episodes, 15 queries per class, 95% CI):",
+            "**Quick Draw**: 5-way tasks on categories never seen in training (fixed episodes, "
+            "15 queries per class, 95% CI; columns as above):",
             "quickdraw",
             cards,
             QUICKDRAW_ANCHORS,

@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from innerloop_training.data.labelled_images import LabelledImages
+from innerloop_training.data.omniglot import omniglot_alphabet_of
 from innerloop_training.data.registry import (
     IMAGE_DATASETS,
     REGRESSION_DATASETS,
@@ -43,10 +44,17 @@ class ImageTaskSource:
     queries: int
     seed: int
     unbalanced: bool = False
+    groups: list[str] | None = None  # one group id per class: within-group episodes
 
     def __post_init__(self) -> None:
         self._sampler = EpisodeSampler(
-            self.data, self.ways, self.shots, self.queries, self.seed, unbalanced=self.unbalanced
+            self.data,
+            self.ways,
+            self.shots,
+            self.queries,
+            self.seed,
+            unbalanced=self.unbalanced,
+            groups=self.groups,
         )
 
     def sample(self, tasks: int) -> TaskBatch:
@@ -54,7 +62,14 @@ class ImageTaskSource:
 
     def fixed(self, tasks: int, seed: int, chunk: int = 50) -> list[TaskBatch]:
         episodes = fixed_episodes(
-            self.data, self.ways, self.shots, self.queries, tasks, seed, unbalanced=self.unbalanced
+            self.data,
+            self.ways,
+            self.shots,
+            self.queries,
+            tasks,
+            seed,
+            unbalanced=self.unbalanced,
+            groups=self.groups,
         )
         return [part for batch in episodes for part in task_batch(batch).chunks(chunk)]
 
@@ -66,6 +81,7 @@ class ImageTaskSource:
             "shots": self.shots,
             "queries": self.queries,
             "unbalanced": self.unbalanced,
+            **({"within": "alphabet"} if self.groups is not None else {}),
         }
 
 
@@ -115,8 +131,12 @@ def build_source(
     unbalanced: bool = False,
     split_scheme: str = "alphabets",
     split_seed: int = 0,
+    within_alphabet: bool = False,
 ) -> TaskSource:
-    """The task source for ``dataset``'s ``split``, with class splits from the data registry."""
+    """The task source for ``dataset``'s ``split``, with class splits from the data registry.
+
+    ``within_alphabet`` (Omniglot only) draws every class of an episode from one alphabet.
+    """
     if dataset in REGRESSION_DATASETS:
         return RegressionTaskSource(load_task_family(dataset), dataset, shots, queries, seed)
     if dataset not in IMAGE_DATASETS:
@@ -133,4 +153,9 @@ def build_source(
         rotations=rotations,
         split_scheme=split_scheme,
     )
-    return ImageTaskSource(data, ways, shots, queries, seed, unbalanced)
+    groups = None
+    if within_alphabet:
+        if dataset != "omniglot":
+            raise ValueError(f"within-alphabet episodes are for omniglot, not {dataset}")
+        groups = [omniglot_alphabet_of(name) for name in data.class_names]
+    return ImageTaskSource(data, ways, shots, queries, seed, unbalanced, groups)

@@ -29,6 +29,7 @@ from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
 from innerloop.learner import InnerDefaults, Learner
 from innerloop.models import ArchConfig
 from innerloop_training.algorithms import OuterConfig, build_algorithm
+from innerloop_training.devices import learner_to, resolve_device
 from innerloop_training.evaluation import EvaluationResult, evaluate_learner
 from innerloop_training.sources import TaskSource, build_source
 
@@ -71,6 +72,8 @@ class TrainConfig:
     run_dir: str | None = None
     resume: bool = False
     init: str | None = None  # start from this checkpoint's meta-parameters (warm start)
+    device: str = "auto"  # auto | cpu | cuda (innerloop_training.devices)
+    adapt: str = "all"  # adaptation scope meta-trained and served (innerloop.scopes)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     @property
@@ -86,8 +89,10 @@ class TrainConfig:
         return self.dataset in ("sine", "logistic")
 
 
-def describe_hardware() -> str:
+def describe_hardware(device: torch.device | None = None) -> str:
     """What trained it, for the card: results are only comparable on like hardware."""
+    if device is not None and device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -113,7 +118,7 @@ def build_learner(config: TrainConfig) -> Learner:
             kind="conv4", image_size=config.image_size, filters=config.filters, warp=config.warp
         )
     inner = InnerDefaults(config.inner_steps, config.inner_lr, config.inner_optimizer)
-    return Learner.create(
+    learner = Learner.create(
         arch,
         config.head,
         inner,
@@ -121,6 +126,8 @@ def build_learner(config: TrainConfig) -> Learner:
         max_ways=config.max_ways,
         seed=config.seed,
     )
+    # meta-train the loop the server will run: only the scope adapts (learned step sizes kept)
+    return learner if config.adapt == "all" else learner.with_scope(config.adapt)
 
 
 def build_sources(config: TrainConfig, train_seed: int) -> tuple[TaskSource, TaskSource]:
@@ -183,6 +190,7 @@ class Trainer:
         self.run_path = config.run_path
         self.run_path.mkdir(parents=True, exist_ok=True)
         self.resume_path = self.run_path / "resume.safetensors"
+        self.device = resolve_device(config.device)
         self.learner = build_learner(config)
         self.start_step = 0
         self.seconds_before = 0.0
@@ -191,6 +199,7 @@ class Trainer:
             self._load_resume()
         elif config.init:
             self.init_history = self._load_init(Path(config.init))
+        self.learner = learner_to(self.learner, self.device)
         loop = InnerLoop(config.inner_steps, config.inner_optimizer, config.first_order)
         self.algorithm = build_algorithm(
             config.algorithm,
@@ -240,7 +249,8 @@ class Trainer:
             while done < config.meta_steps and not stop:
                 warm = done < config.first_order_warmup
                 self.algorithm.loop = first_order_loop if warm else second_order_loop
-                metrics = self.algorithm.step(self.train_source.sample(config.meta_batch))
+                batch = self.train_source.sample(config.meta_batch).to(self.device)
+                metrics = self.algorithm.step(batch)
                 done += 1
                 record: dict[str, Any] = {
                     "step": done,
@@ -269,7 +279,7 @@ class Trainer:
         return self._save_final(done, started)
 
     def validate(self) -> EvaluationResult:
-        return evaluate_learner(self.learner, self.val_batches)
+        return evaluate_learner(self.learner, self.val_batches, device=self.device)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _seconds(self, started: float) -> float:
@@ -285,7 +295,7 @@ class Trainer:
             "seed": self.config.seed,
             "meta_steps_done": steps_done,
             "seconds": round(self._seconds(started), 1),
-            "hardware": describe_hardware(),
+            "hardware": describe_hardware(self.device),
             "data": self.train_source.describe(),
         }
         if self.init_history is not None:
