@@ -21,6 +21,7 @@ still alive afterwards is terminated, so ``docker stop`` leaves nothing behind.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -232,6 +233,27 @@ def _route_through_decoding(
             tags=["predict"],
             summary=summary,
         )
+
+
+class _QuietMonitorShutdown(logging.Filter):
+    """LitServe 0.2.19's worker monitor (``restart_workers``) polls a manager-held event; when
+    the manager exits first at shutdown, the poll raises a connection error that LitServe logs
+    as "Monitoring worker crashed" with a traceback. That is a race of its shutdown order, not
+    a fault: log it as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.getMessage() == "Monitoring worker crashed" and isinstance(
+            error, OSError | EOFError
+        ):
+            record.msg = f"worker monitor stopped: {type(error).__name__} (manager already gone)"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("litserve.server").addFilter(_QuietMonitorShutdown())
 
 
 class _Terminated:
