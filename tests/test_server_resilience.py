@@ -92,7 +92,9 @@ def test_a_killed_worker_is_restarted(server: ServerProcess) -> None:
     held: dict[str, httpx.Response] = {}
 
     def send() -> None:
-        slow = image_request(20, 5, 50, steps=60)
+        slow = image_request(
+            20, 5, 50, steps=300
+        )  # seconds of work, also after the group-norm speed-up
         held["answer"] = httpx.post(server.url + "/v1/predict", json=slow, timeout=120)
 
     thread = threading.Thread(target=send)
