@@ -258,14 +258,10 @@ def adapt_and_predict(
         kept = {k: v for k, v in adapted.params.items() if k in names} if keep_params else {}
         return outputs, adapted.loss_before, adapted.loss_after, kept
 
-    tensors = (support_x, support_y, support_weight, class_mask, query_x)
-    batching = _resolve(batching, support_x)
-    if batching == "vmap":
-        outputs, before, after, kept = vmap(one_task)(*tensors)
-    else:
-        per_task = [one_task(*(t[i] for t in tensors)) for i in range(support_x.shape[0])]
-        outputs, before, after = (torch.stack(p) for p in list(zip(*per_task, strict=True))[:3])
-        kept = {k: torch.stack([task[3][k] for task in per_task]) for k in per_task[0][3]}
+    each = vmap if _resolve(batching, support_x) == "vmap" else _per_task
+    outputs, before, after, kept = each(one_task)(
+        support_x, support_y, support_weight, class_mask, query_x
+    )
     return Predictions(outputs, before, after, kept if keep_params else None)
 
 
@@ -299,7 +295,8 @@ def _adapt_until_converged(
 
     def step(fast: Params, sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor) -> tuple[Params, Tensor]:
         grads, loss = grad_and_value(support_loss)(fast, sx, sy, sw, cm)
-        return {k: p - step_sizes[k] * grads[k].detach() for k, p in fast.items()}, loss
+        detached = {k: g.detach() for k, g in grads.items()}
+        return _update(fast, detached, step_sizes, loop, None, 0), loss
 
     fast = each(start)(*support)
     tasks = support[0].shape[0]
@@ -384,15 +381,9 @@ def predict_adapted(
     def one_task(params: Params, qx: Tensor, cm: Tensor) -> Tensor:
         return model.forward({**fixed, **params}, qx, cm)
 
-    if _resolve(batching, query_x) == "vmap":
-        outputs: Tensor = vmap(one_task)(adapted, query_x, class_mask)
-        return outputs
-    return torch.stack(
-        [
-            one_task({k: v[i] for k, v in adapted.items()}, query_x[i], class_mask[i])
-            for i in range(query_x.shape[0])
-        ]
-    )
+    each = vmap if _resolve(batching, query_x) == "vmap" else _per_task
+    outputs: Tensor = each(one_task)(adapted, query_x, class_mask)
+    return outputs
 
 
 def _split(
