@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from server_harness import ServerProcess, image_request, make_checkpoints
 
 from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
-from tests.server_harness import ServerProcess, image_request, make_checkpoints
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU visible to torch on this machine"

@@ -15,9 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
-from tests.server_harness import (
+from server_harness import (
     ServerProcess,
     http_client,
     image_request,
@@ -25,6 +23,8 @@ from tests.server_harness import (
     running,
     vector_request,
 )
+
+from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
 
 SCOPED = ("omniglot-head", "omniglot-film")
 

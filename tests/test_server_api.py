@@ -26,8 +26,10 @@ from server_harness import (
     ServerProcess,
     encode,
     glyph,
+    http_client,
     image_request,
     make_checkpoints,
+    running,
     vector_request,
 )
 
@@ -53,16 +55,13 @@ TOLERANCE = 1e-5  # batched vs solo: float32 summation order only (see innerloop
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = make_checkpoints(tmp_path_factory.mktemp("checkpoints"))
-    process = ServerProcess(folder, tmp_path_factory.mktemp("logs") / "server.log", *LIMIT_ARGS)
-    try:
-        yield process.wait_healthy()
-    finally:
-        process.stop()
+    with running(folder, tmp_path_factory.mktemp("logs") / "server.log", *LIMIT_ARGS) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60.0) as http:
+    with http_client(server) as http:
         yield http
 
 

@@ -23,7 +23,16 @@ import numpy as np
 import pytest
 from innerloop_server.limits import Limits
 from PIL import Image
-from server_harness import REPO, ServerProcess, encode, glyph, image_request, make_checkpoints
+from server_harness import (
+    REPO,
+    ServerProcess,
+    encode,
+    glyph,
+    http_client,
+    image_request,
+    make_checkpoints,
+    running,
+)
 
 BODY_TIMEOUT_S = 2.0
 MAX_IN_FLIGHT = 4
@@ -37,23 +46,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         pytest.skip("checkpoints/sine.safetensors is not in this checkout")
     folder = make_checkpoints(tmp_path_factory.mktemp("checkpoints"))
     shutil.copy(SHIPPED_SINE, folder / "sine.safetensors")
-    process = ServerProcess(
-        folder,
-        tmp_path_factory.mktemp("logs") / "server.log",
-        "--body-timeout",
-        str(BODY_TIMEOUT_S),
-        "--max-in-flight",
-        str(MAX_IN_FLIGHT),
-    )
-    try:
-        yield process.wait_healthy()
-    finally:
-        process.stop()
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    limits = ("--body-timeout", str(BODY_TIMEOUT_S), "--max-in-flight", str(MAX_IN_FLIGHT))
+    with running(folder, log, *limits) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60.0) as http:
+    with http_client(server) as http:
         yield http
 
 

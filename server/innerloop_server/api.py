@@ -31,7 +31,13 @@ import torch
 from innerloop_server import logs
 from innerloop_server.adapters import Adapter, AdapterCache, adapter_id
 from innerloop_server.batching import Result, groups, predict_with_adapter, run_group
-from innerloop_server.decoding import Task, check_work, decode_queries, decode_request
+from innerloop_server.decoding import (
+    Task,
+    check_query_count,
+    check_work,
+    decode_queries,
+    decode_request,
+)
 from innerloop_server.errors import refuse_non_finite, request_error
 from innerloop_server.limits import Limits
 from innerloop_server.loop import IsolatingBatchLoop
@@ -134,12 +140,7 @@ class InnerloopAPI(ls.LitAPI):
             raise request_error(
                 422, "model", f"adapter {adapter.id} belongs to model {adapter.model!r}"
             )
-        if not request.query:
-            raise request_error(422, "query", "at least one query item is required")
-        if len(request.query) > self.limits.max_query:
-            raise request_error(
-                413, "query", f"{len(request.query)} items; at most {self.limits.max_query} allowed"
-            )
+        check_query_count(request.query, self.limits)
         check_work(0, 0, len(request.query), self.limits)
         model = self.registry.get(adapter.model)
         if request.top_k is not None and request.top_k < 1:

@@ -200,13 +200,17 @@ def _check_counts(request: PredictRequest | AdaptRequest, limits: Limits) -> Non
         raise request_error(
             413, "support", f"{len(support)} items; at most {limits.max_support} allowed"
         )
-    if isinstance(request, AdaptRequest):
-        return
-    if not request.query:
+    if not isinstance(request, AdaptRequest):
+        check_query_count(request.query, limits)
+
+
+def check_query_count(queries: list[Input], limits: Limits) -> None:
+    """At least one query, at most ``max_query`` (also for predictions with an adapter)."""
+    if not queries:
         raise request_error(422, "query", "at least one query item is required")
-    if len(request.query) > limits.max_query:
+    if len(queries) > limits.max_query:
         raise request_error(
-            413, "query", f"{len(request.query)} items; at most {limits.max_query} allowed"
+            413, "query", f"{len(queries)} items; at most {limits.max_query} allowed"
         )
 
 
