@@ -19,12 +19,9 @@ with the growth from the end of the warm-up to the end of the run.
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,24 +33,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image, ImageDraw
+from bench_server import drawing, free_port  # the same 105x105 drawings as the benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # ---- requests ---------------------------------------------------------------------------------
-def drawing(cls: int, example: int, size: int = 105) -> str:
-    strokes = np.random.default_rng(cls).integers(10, size - 10, size=(4, 4))
-    jitter = np.random.default_rng(cls * 7919 + example).integers(-3, 4, size=(4, 4))
-    image = Image.new("L", (size, size), 255)
-    draw = ImageDraw.Draw(image)
-    for line in strokes + jitter:
-        draw.line([int(v) for v in line], fill=0, width=5)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def image_body(ways: int, shots: int, queries: int, seed: int) -> bytes:
     support = [
         {"x": drawing(seed * 100 + c, s), "y": f"class-{c}"}
@@ -106,12 +91,6 @@ def request_mix() -> list[Kind]:
 
 
 # ---- the server -------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     def __init__(self, checkpoints: Path, threads: int, log: Path, extra: list[str]) -> None:
         self.port = free_port()
