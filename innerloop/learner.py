@@ -209,8 +209,8 @@ class Learner:
         for k, v in meta_params.items():
             if not _after(k, split):
                 _, layer, name = k.split(".", 2)
-                # channels-last weights and activations: MKL-DNN convolutions ran ~1.7x and max
-                # pooling ~6x faster than in NCHW on this CPU ([160, 64, 28, 28], one thread)
+                # channels-last weights and activations: MKL-DNN convolutions ran 1.3x and max
+                # pooling 5.6x faster than NCHW here (benchmarks/bench_arithmetic.py)
                 layer_params[int(layer)][name] = (
                     v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
                 )
