@@ -2,10 +2,9 @@
 
 First the changes that were kept, op by op on Conv4's largest activation: fused
 ``F.group_norm`` against the plain reductions ``SampleGroupNorm`` used to compute, and
-channels-last against NCHW for a convolution and max-pooling, max-pooling before the ReLU. Then
-``Learner.adapt_and_predict``
-(the call the server makes) on the shipped ``omniglot`` checkpoint for one request and for a
-batch of 16, in fp32 (what is served) and under bf16 autocast, interleaved so background load
+channels-last against NCHW for a convolution and max-pooling, and max-pooling before the ReLU.
+Then ``Learner.adapt_and_predict`` (the call the server makes) on the shipped ``omniglot``
+checkpoint for one request and for a batch of 16, in fp32 (what is served) and under bf16 autocast, interleaved so background load
 hits both alike, with each one's time beside the largest change it makes to a served probability
 and how many predicted labels it flips. A variant is worth serving only if it is clearly faster
 and changes no label.
