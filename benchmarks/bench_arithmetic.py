@@ -1,13 +1,14 @@
 """Cheaper arithmetic for the served inner loop, measured side by side: keep only what wins.
 
 First the changes that were kept, op by op on Conv4's largest activation: fused
-``F.group_norm`` against the plain reductions ``SampleGroupNorm`` used to compute, and
-channels-last against NCHW for a convolution and max-pooling, and max-pooling before the ReLU.
-Then ``Learner.adapt_and_predict`` (the call the server makes) on the shipped ``omniglot``
-checkpoint for one request and for a batch of 16, in fp32 (what is served) and under bf16 autocast, interleaved so background load
-hits both alike, with each one's time beside the largest change it makes to a served probability
-and how many predicted labels it flips. A variant is worth serving only if it is clearly faster
-and changes no label.
+``F.group_norm`` against the plain reductions ``SampleGroupNorm`` used to compute, channels-last
+against NCHW for a convolution and max-pooling, and max-pooling before the ReLU; then the shared
+prefix on a batch's 640 images in one call against pieces of ``PREFIX_CHUNK``. Then
+``Learner.adapt_and_predict`` (the call the server makes) on the shipped ``omniglot`` checkpoint
+for one request and for a batch of 16, in fp32 (what is served) and under bf16 autocast,
+interleaved so background load hits both alike, with each one's time beside the largest change
+it makes to a served probability and how many predicted labels it flips. A variant is worth
+serving only if it is clearly faster and changes no label.
 
     python benchmarks/bench_arithmetic.py --scope head --steps 10 --threads 2
 """
@@ -111,6 +112,34 @@ def layers_and_layout(repeats: int) -> None:
     print()
 
 
+def prefix_pieces(learner: Learner, repeats: int) -> None:
+    """The shared prefix (frozen layers) on 640 images, as a batch of 32 five-way one-shot
+    requests brings: in one call against in pieces of ``PREFIX_CHUNK`` (what is served)."""
+    import innerloop.learner as learner_module
+
+    shared = learner.split_shared(learner.params, learner.step_sizes)
+    if shared is None:
+        print("(scope adapts the first layer: no shared prefix to cut in pieces)")
+        return
+    x = torch.rand(640, 1, learner.arch.image_size, learner.arch.image_size)
+    chosen = learner_module.PREFIX_CHUNK
+    times: dict[int, list[float]] = {640: [], chosen: []}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for chunk in times:
+                learner_module.PREFIX_CHUNK = chunk
+                started = time.perf_counter()
+                shared.prefix(x)
+                times[chunk].append(time.perf_counter() - started)
+    learner_module.PREFIX_CHUNK = chosen
+    whole, pieces = (statistics.median(times[c]) for c in (640, chosen))
+    print(
+        f"shared prefix on 640 images: one call {whole * 1000:.1f} ms, pieces of {chosen} "
+        f"{pieces * 1000:.1f} ms ({whole / pieces:.2f}x)"
+    )
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -127,6 +156,7 @@ def main() -> None:
     if args.scope:
         learner = learner.with_scope(args.scope)
     layers_and_layout(args.repeats)
+    prefix_pieces(learner, args.repeats)
     print(
         f"{args.checkpoint.name}, scope {learner.scope}, {args.steps} steps, "
         f"{torch.get_num_threads()} threads"
