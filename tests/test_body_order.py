@@ -55,3 +55,21 @@ def test_gradients_match_textbook_order() -> None:
     by_name = dict(zip(params, ours, strict=True))
     for (name, _), expected in zip(body.items(), reference, strict=True):
         torch.testing.assert_close(by_name[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_prefix_in_pieces_equals_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch larger than ``PREFIX_CHUNK`` runs in pieces; each image's features are unchanged."""
+    import innerloop.learner as learner_module
+
+    learner = _learners()[-1]
+    shared = learner.split_shared(learner.params, learner.step_sizes)
+    assert shared is not None
+    x = torch.rand(2 * learner_module.PREFIX_CHUNK + 5, 1, 28, 28)
+    with torch.no_grad():
+        in_pieces = shared.prefix(x)
+        monkeypatch.setattr(learner_module, "PREFIX_CHUNK", 10**6)
+        whole = shared.prefix(x)
+        single = torch.cat([shared.prefix(x[i : i + 1]) for i in range(3)])
+    assert in_pieces.shape == whole.shape == (x.shape[0], whole.shape[1])
+    torch.testing.assert_close(in_pieces, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(in_pieces[:3], single, rtol=1e-5, atol=1e-5)
