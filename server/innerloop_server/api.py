@@ -106,6 +106,7 @@ class InnerloopAPI(ls.LitAPI):
             models=self.registry.names,
             max_batch_size=self.max_batch_size,
             batch_timeout=self.batch_timeout,
+            threads=torch.get_num_threads(),
         )
 
     def decode_request(self, request: PredictRequest, **kwargs: Any) -> Task:

@@ -99,7 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="torch threads per worker (default: torch's choice)",
+        help="torch threads per worker (default: the usable cores less one, shared among the "
+        "workers, at least 1)",
     )
     parser.add_argument(
         "--api-key",
