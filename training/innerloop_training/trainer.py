@@ -95,9 +95,11 @@ class TrainConfig:
         outer = resolve_outer(self.algorithm, self.outer_optimizer, self.outer_lr, self.grad_clip)
         self.outer_optimizer, self.outer_lr = outer.optimizer, outer.lr
         self.grad_clip = outer.grad_clip or 0.0
+        warped = self.algorithm in ("warp", "warp-leap")
         if self.warp is None:
-            warped = self.algorithm in ("warp", "warp-leap")
             self.warp = ("linear" if self.is_regression else "conv") if warped else "none"
+        if warped and self.warp_lr is None:
+            self.warp_lr = self.outer_lr
 
     @property
     def outer(self) -> OuterConfig:
