@@ -456,7 +456,7 @@ def test_innerloop_train_warp_writes_a_loadable_checkpoint(
         "outer_optimizer": "sgd",
         "outer_lr": 0.1,
         "grad_clip": 0.0,
-        "warp_lr": None,
+        "warp_lr": 0.1,
     }
     assert (config["warp_buffer"], config["warp_store_every"], config["warp_batch"]) == (
         "batch",
