@@ -103,7 +103,9 @@ class TrainConfig:
 
     @property
     def outer(self) -> OuterConfig:
-        return OuterConfig(self.outer_optimizer or "adam", self.outer_lr or 1e-3, self.grad_clip)
+        """The resolved outer optimiser (``__post_init__`` filled in every None)."""
+        assert self.outer_optimizer is not None and self.outer_lr is not None
+        return OuterConfig(self.outer_optimizer, self.outer_lr, self.grad_clip)
 
     @property
     def warpgrad(self) -> WarpGradConfig:
