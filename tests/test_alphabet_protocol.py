@@ -23,6 +23,8 @@ from innerloop_training.alphabet_protocol import (
     held_out_batch,
     run_comparison,
     split_alphabets,
+    t_interval,
+    wilson_interval,
 )
 from innerloop_training.data.labelled_images import LabelledImages
 from innerloop_training.data.omniglot import omniglot_alphabets
@@ -136,7 +138,6 @@ def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
         meta_batch=2,
         warp_batch=2,
         warp_store_every=1,
-        warp_buffer=5,
         inner_lr=0.01,
     )
     config = replace(config, augmentation=Augmentation(rotation=10, translate=0.1))
@@ -152,6 +153,17 @@ def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
         assert set(per_k) == {"1", "2"}
         for result in per_k.values():
             assert 0.0 <= result["final_accuracy"] <= 1.0 and len(result["curve"]) == 3
+            low, high = result["ci95_queries"]
+            assert low <= result["final_accuracy"] <= high and result["queries"] == 2 * 3 * 1
+            low, high = result["ci95_alphabets"]
+            assert (
+                low <= result["final_accuracy"] + 1e-9 and result["final_accuracy"] <= high + 1e-9
+            )
+    methods = report["methods"]
+    assert methods["reptile"]["outer"] == {"optimizer": "sgd", "lr": 0.1, "grad_clip": 0.0}
+    assert methods["maml"]["outer"] == {"optimizer": "adam", "lr": 1e-3, "grad_clip": 10.0}
+    assert methods["warp-leap"]["warpgrad"]["buffer"] == "batch"
+    assert methods["warp-leap"]["warpgrad"]["warp_lr"] == 0.1
     assert report["results"]["no"]["1"] == report["results"]["no"]["2"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["test_alphabets"] == report["test_alphabets"]
@@ -160,4 +172,15 @@ def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "accuracy_vs_alphabets.png").stat().st_size > 1000
     learner, card = load_checkpoint(tmp_path / "checkpoints" / "warp-k2.safetensors")
     assert card["training"]["algorithm"] == "warp" and learner.arch.warp == "conv"
+    assert card["training"]["outer"]["optimizer"] == "sgd"
+    assert card["training"]["warpgrad"]["warp_batch"] == 2
     assert learner.frozen and all(is_warp_parameter(k) for k in learner.frozen)
+
+
+def test_confidence_intervals() -> None:
+    low, high = wilson_interval(50, 100)
+    assert (round(low, 3), round(high, 3)) == (0.404, 0.596)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+    low, high = t_interval([0.5, 0.6, 0.7])  # mean 0.6, sd 0.1, t(2) = 4.303
+    assert low == pytest.approx(0.6 - 4.303 * 0.1 / 3**0.5)
+    assert high == pytest.approx(0.6 + 4.303 * 0.1 / 3**0.5)

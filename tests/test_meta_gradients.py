@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import random_image_tasks, tiny_image_learner, tiny_regression_learner, to_double
-from innerloop_training.algorithms import OuterConfig, build_algorithm
+from innerloop_training.algorithms import OuterConfig, build_algorithm, default_outer
 from innerloop_training.tasks import TaskBatch
 from torch.func import functional_call
 
@@ -144,14 +145,17 @@ def test_second_order_gradient_of_image_learner_matches_finite_differences() -> 
     assert abs(analytic - numeric) < 1e-4 * max(1.0, abs(numeric))
 
 
-def test_reptile_update_equals_its_formula() -> None:
+@pytest.mark.parametrize("outer", [None, OuterConfig("sgd", 0.3, grad_clip=None)])
+def test_reptile_update_equals_its_formula(outer: OuterConfig | None) -> None:
+    """Reptile's default outer step *is* Reptile's update: plain SGD, no clipping."""
     learner = to_double(tiny_regression_learner(steps=4, lr=0.02))
     batch = sine_like_tasks()
     before = {k: v.detach().clone() for k, v in learner.params.items()}
-    epsilon = 0.3
-    algorithm = build_algorithm(
-        "reptile", learner, InnerLoop(4), OuterConfig("sgd", epsilon, grad_clip=None)
-    )
+    if outer is None:
+        outer = default_outer("reptile")
+        assert (outer.optimizer, outer.lr, outer.grad_clip) == ("sgd", 0.1, None)
+    epsilon = outer.lr
+    algorithm = build_algorithm("reptile", learner, InnerLoop(4), outer)
     algorithm.step(batch)
     # reference: plain SGD on support + query of each task, then init += eps * mean(shift)
     x = torch.cat([batch.support_x, batch.query_x], 1)

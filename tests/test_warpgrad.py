@@ -1,5 +1,6 @@
-"""WarpGrad: warp-layers stay fixed while adapting, are meta-learned from a bounded replay buffer,
-beat no meta-training, and survive a checkpoint round trip and `innerloop train`."""
+"""WarpGrad: warp-layers stay fixed while adapting, are meta-learned with Algorithm 2 (this
+meta-batch's points, or a fifo buffer), exactly as written out by hand, beat no meta-training,
+and survive a checkpoint round trip and `innerloop train`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import random_image_tasks
+from helpers import random_image_tasks, to_double
 from innerloop_training.algorithms import OuterConfig, build_algorithm
 from innerloop_training.data.regression import SineTasks
 from innerloop_training.evaluation import evaluate_learner
@@ -150,16 +151,14 @@ def test_replay_buffer_is_bounded_fifo() -> None:
 
 
 @pytest.mark.parametrize("name", ["warp", "warp-leap"])
-def test_meta_training_moves_warp_parameters_with_a_bounded_buffer(name: str) -> None:
+def test_meta_training_moves_warp_parameters(name: str) -> None:
     learner = image_learner("conv")
     before = {k: v.detach().clone() for k, v in learner.params.items()}
-    config = WarpGradConfig(buffer_size=7, warp_batch=4, learn_init=name == "warp-leap")
+    config = WarpGradConfig(learn_init=name == "warp-leap")
     algorithm = WarpGrad(learner, InnerLoop(3, first_order=True), OuterConfig("adam", 1e-2), config)
-    for seed in range(4):
+    for seed in range(2):
         metrics = algorithm.step(random_image_tasks(tasks=2, ways=3, shots=2, queries=2, seed=seed))
-        assert len(algorithm.buffer) <= 7
-    assert algorithm.buffer.added == 4 * 2 * (3 + 1)  # tasks x (θ_0..θ_2 + end point)
-    assert np.isfinite(metrics["warp_objective"]) and metrics["buffer"] == 7
+    assert np.isfinite(metrics["warp_objective"])
     for key, value in learner.params.items():
         moved = not torch.equal(value.detach(), before[key])
         if is_warp_parameter(key):
@@ -167,6 +166,134 @@ def test_meta_training_moves_warp_parameters_with_a_bounded_buffer(name: str) ->
         else:  # the init is WarpGrad's only with Leap
             assert moved == (name == "warp-leap"), key
     assert algorithm.name == name
+
+
+def test_default_batch_buffer_holds_only_this_meta_batch_and_is_cleared() -> None:
+    """Algorithm 2 as in the reference: every inner step's point, one update per point, then
+    the points are dropped, so nothing from an earlier meta-step is ever replayed."""
+    learner = image_learner("conv")
+    algorithm = build_algorithm("warp", learner, InnerLoop(3), OuterConfig("sgd", 1e-2))
+    assert isinstance(algorithm, WarpGrad) and algorithm.config.buffer == "batch"
+    for seed in range(3):
+        metrics = algorithm.step(random_image_tasks(tasks=2, ways=3, shots=2, queries=2, seed=seed))
+        assert metrics["buffer"] == 2 * 3  # tasks x (θ_0, θ_1, θ_2) of this meta-batch only
+        assert metrics["warp_updates"] == 2 * 3  # warp_batch 1, one pass
+        assert len(algorithm.buffer) == 0
+    assert algorithm.buffer.added == 3 * 2 * 3
+    strided = WarpGradConfig(store_every=2, warp_batch=0)
+    algorithm = WarpGrad(
+        image_learner("conv"), InnerLoop(3, first_order=True), OuterConfig(), strided
+    )
+    metrics = algorithm.step(random_image_tasks(tasks=2, ways=3, shots=2, queries=2))
+    assert metrics["buffer"] == 2 * 2 and metrics["warp_updates"] == 1  # θ_0, θ_2; all at once
+
+
+def test_fifo_buffer_keeps_points_across_meta_steps() -> None:
+    learner = image_learner("conv")
+    config = WarpGradConfig(buffer="fifo", buffer_size=7, warp_batch=4, warp_updates=1)
+    algorithm = WarpGrad(learner, InnerLoop(3, first_order=True), OuterConfig("adam", 1e-2), config)
+    for seed in range(4):
+        metrics = algorithm.step(random_image_tasks(tasks=2, ways=3, shots=2, queries=2, seed=seed))
+        assert len(algorithm.buffer) == min(7, 2 * 3 * (seed + 1))
+    assert algorithm.buffer.added == 4 * 2 * 3 and metrics["warp_updates"] == 1
+    assert metrics["buffer"] == 7
+
+
+def test_minibatches_cover_every_point_once_per_pass() -> None:
+    buffer = ReplayBuffer(None, seed=0)
+    empty = torch.zeros(0)
+    for i in range(7):
+        buffer.add(BufferEntry({"i": torch.tensor(i)}, *(empty,) * 6))
+    one_pass = buffer.minibatches(3, 0)
+    assert [len(b) for b in one_pass] == [3, 3, 1]
+    assert sorted(int(e.params["i"]) for b in one_pass for e in b) == list(range(7))
+    assert [len(b) for b in buffer.minibatches(0, 0)] == [7]
+    assert len(buffer.minibatches(2, 5)) == 5
+
+
+def _double_sine_batch(tasks: int = 2, shots: int = 5, queries: int = 4) -> TaskBatch:
+    generator = torch.Generator().manual_seed(3)
+    amplitude = 0.5 + 2 * torch.rand(tasks, 1, 1, generator=generator, dtype=torch.float64)
+    sx = 10 * torch.rand(tasks, shots, 1, generator=generator, dtype=torch.float64) - 5
+    qx = 10 * torch.rand(tasks, queries, 1, generator=generator, dtype=torch.float64) - 5
+    return TaskBatch(
+        sx,
+        amplitude * torch.sin(sx),
+        torch.ones(tasks, shots, dtype=torch.float64),
+        torch.ones(tasks, 1, dtype=torch.bool),
+        qx,
+        amplitude * torch.sin(qx),
+    )
+
+
+@pytest.mark.parametrize("store_every", [1, 2])
+def test_algorithm_2_step_matches_hand_unrolled_computation(store_every: int) -> None:
+    """One warp-leap meta-step equals Algorithm 2 written out by hand on a tiny float64 MLP:
+    SGD trajectories under the current warp, the look-ahead objective averaged over the stored
+    points, one SGD step of the warp-layers at their own step size, then the init's step with
+    the reference's simplified Leap gradient at the init's step size."""
+    steps, alpha, init_lr, warp_lr = 3, 0.125, 0.25, 0.0625
+    learner = to_double(
+        Learner.create(
+            ArchConfig(kind="mlp", hidden=(4,), warp="linear"),
+            "none",
+            InnerDefaults(steps, alpha),
+            seed=2,
+        )
+    )
+    perturb_warp(learner)
+    batch = _double_sine_batch()
+    warp_keys = [k for k in learner.params if is_warp_parameter(k)]
+    init = {k: v.detach().clone() for k, v in learner.params.items() if k not in warp_keys}
+    warp = {k: learner.params[k].detach().clone().requires_grad_(True) for k in warp_keys}
+
+    def loss(theta: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = learner.forward({**theta, **warp}, x, batch.class_mask[0])
+        return learner.loss(out, y, torch.ones(y.shape[0], dtype=y.dtype))
+
+    points, leap = [], {k: torch.zeros_like(v) for k, v in init.items()}
+    for b in range(batch.tasks):
+        theta = init
+        for k in range(steps):
+            if k % store_every == 0:
+                points.append((theta, b))
+            live = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
+            g = torch.autograd.grad(
+                loss(live, batch.support_x[b], batch.support_y[b]), list(live.values())
+            )
+            new = {
+                name: (v - alpha * gk).detach()
+                for (name, v), gk in zip(theta.items(), g, strict=True)
+            }
+            step_norm = torch.sqrt(sum(((theta[n] - new[n]) ** 2).sum() for n in theta))
+            for n in theta:  # simplified Leap: unit-length steps, no loss dimension
+                leap[n] += (theta[n] - new[n]) / step_norm / batch.tasks
+            theta = new
+    objective = torch.zeros((), dtype=torch.float64)
+    for theta, b in points:
+        theta = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
+        g = torch.autograd.grad(
+            loss(theta, batch.support_x[b], batch.support_y[b]),
+            list(theta.values()),
+            create_graph=True,
+        )
+        ahead = {k: v - alpha * gk for (k, v), gk in zip(theta.items(), g, strict=True)}
+        objective = objective + loss(ahead, batch.query_x[b], batch.query_y[b]) / len(points)
+    warp_grads = torch.autograd.grad(objective, list(warp.values()))
+
+    config = WarpGradConfig(store_every=store_every, warp_batch=0, learn_init=True, warp_lr=warp_lr)
+    algorithm = WarpGrad(
+        learner, InnerLoop(steps, first_order=True), OuterConfig("sgd", init_lr, None), config
+    )
+    metrics = algorithm.step(batch)
+    assert metrics["warp_updates"] == 1 and metrics["buffer"] == len(points)
+    assert metrics["warp_objective"] == pytest.approx(float(objective.detach()), rel=1e-10)
+    for key, grad in zip(warp_keys, warp_grads, strict=True):
+        expected = warp[key].detach() - warp_lr * grad
+        torch.testing.assert_close(learner.params[key].detach(), expected, rtol=1e-9, atol=1e-12)
+    for key, value in init.items():
+        expected = value - init_lr * leap[key]
+        torch.testing.assert_close(learner.params[key].detach(), expected, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("objective", ["step", "loss"])
@@ -217,7 +344,10 @@ def test_warpgrad_beats_no_meta_training_on_sine(name: str) -> None:
     test_tasks = source.fixed(100, seed=123)
     untrained = sine_learner("none")
     learner = sine_learner("linear")  # identity warp: starts as exactly the untrained model
-    algorithm = build_algorithm(name, learner, InnerLoop(5), OuterConfig("adam", 1e-2))
+    # one Adam step on all of a meta-step's points (the reference's one step per point, 50 of
+    # them per meta-step, is for SGD; with Adam at this step size it overshoots)
+    warp = WarpGradConfig(warp_batch=0)
+    algorithm = build_algorithm(name, learner, InnerLoop(5), OuterConfig("adam", 1e-2), warp)
     for _ in range(150):
         algorithm.step(source.sample(10))
     before = evaluate_learner(untrained, test_tasks).mean
@@ -309,11 +439,31 @@ def test_innerloop_train_warp_writes_a_loadable_checkpoint(
         "--threads",
         "1",
     ]
-    assert innerloop_main([*args, "--algorithm", "warp"]) == 2  # no warp-layers: refused
+    assert innerloop_main([*args, "--algorithm", "warp", "--warp", "none"]) == 2  # refused
     assert "--warp" in capsys.readouterr().out
-    assert innerloop_main([*args, "--algorithm", "warp", "--warp", "conv"]) == 0
+    knobs = ["--warp-batch", "all", "--warp-lr", "0.05", "--grad-clip", "5", "--warp-leap-loss"]
+    assert innerloop_main([*args, "--algorithm", "warp-leap", *knobs]) == 0
+    config = load_checkpoint(out)[1]["training"]["config"]
+    assert (config["warp"], config["warp_batch"], config["warp_lr"]) == ("conv", 0, 0.05)
+    assert config["grad_clip"] == 5.0 and config["warp_leap_loss"] is True
+    # no --warp: the papers' conv warp-layers; the reference's Algorithm 2 settings, recorded
+    assert innerloop_main([*args, "--algorithm", "warp"]) == 0
     learner, card = load_checkpoint(out)
     assert card["training"]["algorithm"] == "warp"
+    config = card["training"]["config"]
+    recorded = {k: config[k] for k in ("outer_optimizer", "outer_lr", "grad_clip", "warp_lr")}
+    assert recorded == {
+        "outer_optimizer": "sgd",
+        "outer_lr": 0.1,
+        "grad_clip": 0.0,
+        "warp_lr": 0.1,
+    }
+    assert (config["warp_buffer"], config["warp_store_every"], config["warp_batch"]) == (
+        "batch",
+        1,
+        1,
+    )
+    assert config["warp_updates"] == 0 and config["warp_objective"] == "step"
     assert card["architecture"]["warp"] == "conv" and learner.frozen
     assert all(is_warp_parameter(k) for k in card["adaptation"]["frozen"])
     batch = random_image_tasks(tasks=1, ways=2, shots=1, queries=2, size=16)

@@ -20,7 +20,9 @@ Pre-training tasks draw ``shots`` training drawings per character as the support
 ``queries`` held-out drawings as the query set (what MAML/FOMAML's outer loss and WarpGrad's
 meta-objective see), every image through a random affine transform (the papers' augmentation:
 rotation up to ``rotation`` degrees, translation up to ``translate`` of the side, scale in
-``scale``). Labels are permuted per sampled task. Alphabets with fewer characters than
+``scale``). Labels are permuted per sampled task, except for ``ft``, which trains one head per
+alphabet and so gets every alphabet's own fixed labels (``permute_labels=False``); every batch
+carries the alphabets' indices as ``task_ids``. Alphabets with fewer characters than
 ``characters`` are padded (``class_mask``; padded support rows have weight 0, padded query rows
 repeat real ones), so every task of a batch has the same shapes. Test tasks are not augmented.
 
@@ -31,9 +33,18 @@ and is tested with the same inner loop (SGD/Adam, ``inner_lr``, ``test_steps``),
 its pre-training inner loop is capped at ``maml_steps`` to bound memory; all others pre-train
 with ``inner_steps``.
 
+Each method's outer optimiser is its own (:func:`~innerloop_training.algorithms.default_outer`:
+SGD 0.1 without clipping for leap, warp, warp-leap, reptile and ft, as in the reference code)
+unless ``outer_optimizer`` / ``outer_lr`` / ``grad_clip`` are given; what each method ran with
+is written to the report (``outer``) and its checkpoint card.
+
 Reported per (method, k): final test accuracy (after ``test_steps`` steps) and the normalised
 area under the test-accuracy-vs-step curve (trapezoid rule over steps ``0..test_steps`` divided
-by ``test_steps``, so 1.0 is perfect from the first step), averaged over test alphabets.
+by ``test_steps``, so 1.0 is perfect from the first step), averaged over test alphabets, with
+two 95% intervals for the final accuracy: ``ci95_queries`` (Wilson score interval over all
+held-out drawings pooled, treating them as independent trials: the tighter one) and
+``ci95_alphabets`` (Student t over the per-alphabet accuracies: alphabets as the unit, wider
+with few test alphabets, the honest one when alphabets differ in difficulty).
 """
 
 from __future__ import annotations
@@ -55,7 +66,13 @@ from innerloop.adaptation import InnerLoop, Params, adapt
 from innerloop.checkpoint import build_card, save_checkpoint
 from innerloop.learner import InnerDefaults, Learner
 from innerloop.models import ArchConfig
-from innerloop_training.algorithms import MetaAlgorithm, OuterConfig, build_algorithm
+from innerloop_training.algorithms import (
+    MetaAlgorithm,
+    OuterConfig,
+    build_algorithm,
+    resolve_outer,
+)
+from innerloop_training.baselines import MultiHeadFineTuning
 from innerloop_training.data.labelled_images import LabelledImages
 from innerloop_training.data.omniglot import load_omniglot, omniglot_alphabet_of, omniglot_alphabets
 from innerloop_training.data.registry import default_data_root
@@ -162,10 +179,12 @@ class AlphabetTaskSource:
         max_ways: int,
         augmentation: Augmentation,
         seed: int,
+        permute_labels: bool = True,
     ) -> None:
         if not tasks:
             raise ValueError("no pre-training alphabets")
         self.tasks = tasks
+        self.permute_labels = permute_labels
         self.shots = shots
         self.queries = queries
         self.max_ways = max_ways
@@ -179,15 +198,18 @@ class AlphabetTaskSource:
         for _ in range(count):
             if not self._queue:
                 self._queue = self._rng.permutation(len(self.tasks)).tolist()
-            chosen.append(self.tasks[self._queue.pop()])
-        parts = [self._one(task) for task in chosen]
-        return TaskBatch(*(torch.stack(p) for p in zip(*parts, strict=True)))
+            chosen.append(self._queue.pop())
+        parts = [self._one(self.tasks[index]) for index in chosen]
+        tensors = (torch.stack(p) for p in zip(*parts, strict=True))
+        ids = torch.tensor(chosen, dtype=torch.long)
+        return replace(TaskBatch(*tensors), task_ids=ids)
 
     def _one(self, task: AlphabetTask) -> tuple[Tensor, ...]:
         rng, ways = self._rng, task.ways
         shots = min(self.shots, task.train.shape[1])  # equal for every alphabet (20 drawers)
         queries = min(self.queries, task.held_out.shape[1])
-        labels = rng.permutation(ways)  # class c of the alphabet gets label labels[c]
+        # class c of the alphabet gets label labels[c] (always c for multi-headed training)
+        labels = rng.permutation(ways) if self.permute_labels else np.arange(ways)
         support = np.stack(
             [
                 task.train[c, rng.choice(task.train.shape[1], shots, replace=False)]
@@ -291,11 +313,19 @@ class ProtocolConfig:
     inner_optimizer: str = "adam"
     meta_steps: int = 1000
     meta_batch: int = 20
-    outer_optimizer: str = "adam"
-    outer_lr: float = 1e-3
-    warp_batch: int = 16
-    warp_store_every: int = 10
-    warp_buffer: int = 200
+    # None: each method's own (algorithms.default_outer); grad_clip 0 = off
+    outer_optimizer: str | None = None
+    outer_lr: float | None = None
+    grad_clip: float | None = None
+    # WarpGrad (innerloop_training.warpgrad.WarpGradConfig; defaults: the reference code's)
+    warp_buffer: str = "batch"
+    warp_buffer_size: int = 200
+    warp_store_every: int = 1
+    warp_batch: int = 1
+    warp_updates: int = 0
+    warp_objective: str = "step"
+    warp_lr: float | None = None
+    warp_leap_loss: bool = False
     augmentation: Augmentation = field(default_factory=Augmentation)
     curve_every: int = 1
     seed: int = 0
@@ -328,10 +358,8 @@ QUICK = {
     "inner_lr": 3e-3,
     "meta_steps": 15,
     "meta_batch": 3,
-    "outer_lr": 5e-3,
-    "warp_batch": 3,
+    "warp_batch": 0,
     "warp_store_every": 2,
-    "warp_buffer": 40,
 }
 
 
@@ -374,20 +402,52 @@ def make_learner(method: str, config: ProtocolConfig) -> Learner:
     )
 
 
+def outer_config(method: str, config: ProtocolConfig) -> OuterConfig:
+    """The method's own outer optimiser, with whatever the config sets explicitly."""
+    return resolve_outer(method, config.outer_optimizer, config.outer_lr, config.grad_clip)
+
+
+def warpgrad_config(method: str, config: ProtocolConfig) -> WarpGradConfig:
+    return WarpGradConfig(
+        buffer=config.warp_buffer,
+        buffer_size=config.warp_buffer_size,
+        store_every=config.warp_store_every,
+        warp_batch=config.warp_batch,
+        warp_updates=config.warp_updates,
+        objective=config.warp_objective,
+        learn_init=method == "warp-leap",
+        leap_loss=config.warp_leap_loss,
+        warp_lr=config.warp_lr,
+        seed=config.seed,
+    )
+
+
 def make_algorithm(method: str, learner: Learner, config: ProtocolConfig) -> MetaAlgorithm:
     steps = config.maml_steps if method == "maml" else config.inner_steps
     loop = InnerLoop(steps, config.inner_optimizer)
-    outer = OuterConfig(config.outer_optimizer, config.outer_lr)
+    outer = outer_config(method, config)
     if method in WARP_METHODS:
-        warp = WarpGradConfig(
-            buffer_size=config.warp_buffer,
-            store_every=config.warp_store_every,
-            warp_batch=config.warp_batch,
-            learn_init=method == "warp-leap",
-            seed=config.seed,
-        )
+        warp = warpgrad_config(method, config)
         return WarpGrad(learner, replace(loop, first_order=True), outer, warp, name=method)
+    if method == "ft":
+        return MultiHeadFineTuning(learner, loop, outer, seed=config.seed)
     return build_algorithm(method, learner, loop, outer)
+
+
+def method_settings(method: str, config: ProtocolConfig) -> dict[str, Any]:
+    """What the method actually ran with (for the report and the card)."""
+    outer = outer_config(method, config)
+    settings: dict[str, Any] = {
+        "outer": {
+            "optimizer": outer.optimizer,
+            "lr": outer.lr,
+            "grad_clip": outer.grad_clip or 0.0,
+        }
+    }
+    if method in WARP_METHODS:
+        warp = warpgrad_config(method, config)
+        settings["warpgrad"] = {**asdict(warp), "warp_lr": warp.warp_lr or outer.lr}
+    return settings
 
 
 @dataclass
@@ -400,6 +460,37 @@ class AlphabetResult:
     curve: list[float]
     per_alphabet: dict[str, float]
     initial_accuracy: float
+    queries: int = 0  # held-out drawings pooled over test alphabets
+    ci95_queries: tuple[float, float] = (0.0, 1.0)  # Wilson, over pooled held-out drawings
+    ci95_alphabets: tuple[float, float] = (0.0, 1.0)  # Student t, over per-alphabet accuracy
+
+
+# two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then the normal's)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def wilson_interval(correct: float, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sensible near 0 and 1)."""
+    if trials <= 0:
+        return (0.0, 1.0)
+    p = correct / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    half /= 1 + z * z / trials
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float]:
+    """95% Student t interval of the mean of ``values`` (the value itself when only one)."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return (mean, mean)
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.959964
+    half = t * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return (mean - half, mean + half)
 
 
 def adaptation_curve(
@@ -460,6 +551,10 @@ def evaluate_alphabets(
     points = next(iter(curves.values()))[0]
     mean_curve = [float(np.mean([c[1][i] for c in curves.values()])) for i in range(len(points))]
     aucs = [area_under_curve(p, c) for p, c in curves.values()]
+    sizes = {name: int(batch.query_y[0].numel()) for name, batch in tests}
+    correct = sum(round(curves[name][1][-1] * sizes[name]) for name in curves)
+    queries = sum(sizes.values())
+    finals = [c[1][-1] for c in curves.values()]
     return AlphabetResult(
         final_accuracy=mean_curve[-1],
         auc=float(np.mean(aucs)),
@@ -467,6 +562,9 @@ def evaluate_alphabets(
         curve=mean_curve,
         per_alphabet={name: c[1][-1] for name, c in curves.items()},
         initial_accuracy=mean_curve[0],
+        queries=queries,
+        ci95_queries=wilson_interval(correct, queries),
+        ci95_alphabets=t_interval(finals),
     )
 
 
@@ -509,6 +607,9 @@ def run_comparison(
         "pretrain_order": order[:most],
         "test_alphabets": test_names,
         "results": {},
+        "methods": {},  # per method: the outer optimiser (and WarpGrad settings) it ran with
+        "ci95": "ci95_queries: Wilson over pooled held-out drawings; ci95_alphabets: Student "
+        "t over per-alphabet final accuracies",
         "seconds": {},
     }
     log(f"test alphabets (images_evaluation): {', '.join(test_names)}")
@@ -530,6 +631,7 @@ def run_comparison(
                     config.characters,
                     config.augmentation,
                     seed=config.seed + 1000 * k,
+                    permute_labels=method != "ft",
                 )
                 algorithm = make_algorithm(method, learner, config)
                 metrics: dict[str, float] = {}
@@ -542,9 +644,12 @@ def run_comparison(
             seconds = time.monotonic() - clock
             report["results"].setdefault(method, {})[str(k)] = asdict(result)
             report["seconds"].setdefault(method, {})[str(k)] = round(seconds, 1)
+            report["methods"][method] = method_settings(method, config)
+            low, high = result.ci95_queries
             log(
-                f"{method:>9} k={k:<2} final {100 * result.final_accuracy:5.1f}%  "
-                f"AUC {100 * result.auc:5.1f}  ({seconds:.0f}s)"
+                f"{method:>9} k={k:<2} final {100 * result.final_accuracy:5.1f}% "
+                f"[{100 * low:.1f}, {100 * high:.1f}]  AUC {100 * result.auc:5.1f}  "
+                f"({seconds:.0f}s)"
             )
             if save_checkpoints:
                 _save(learner, method, k, config, result, out_dir)
@@ -581,6 +686,7 @@ def _save(
                 "protocol": "omniglot alphabet-as-task",
                 "pretrain_alphabets": k,
                 "config": _jsonable(asdict(config)),
+                **_jsonable(method_settings(method, config)),
             },
             "evaluation": {
                 "alphabets": {
@@ -630,8 +736,10 @@ def write_table(report: dict[str, Any], path: Path) -> Path:
             "|---|" + "---:|" * len(ks),
         ]
         for method, per_k in results.items():
-            cells = [f"{100 * per_k[str(k)][key]:.1f}" if str(k) in per_k else "" for k in ks]
+            cells = [_cell(per_k[str(k)], key) if str(k) in per_k else "" for k in ks]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        if key == "final_accuracy":
+            lines += ["", "Final accuracy: [95% Wilson interval over pooled held-out drawings]."]
         lines.append("")
     finals = [r["final_accuracy"] for per_k in results.values() for r in per_k.values()]
     queries = len(report["test_alphabets"]) * settings["characters"] * settings["holdout"]
@@ -647,6 +755,14 @@ def write_table(report: dict[str, Any], path: Path) -> Path:
         lines.append(f"Total time: {seconds / 60:.1f} min.")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _cell(result: dict[str, Any], key: str) -> str:
+    value = f"{100 * result[key]:.1f}"
+    interval = result.get("ci95_queries")
+    if key == "final_accuracy" and interval:
+        value += f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return value
 
 
 def plot_comparison(report: dict[str, Any], path: Path) -> Path:

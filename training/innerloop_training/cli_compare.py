@@ -33,6 +33,7 @@ from innerloop_training.alphabet_protocol import (
     ProtocolConfig,
     run_comparison,
 )
+from innerloop_training.cli_train import add_warpgrad_arguments
 
 DEFAULTS = ProtocolConfig()
 
@@ -112,21 +113,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--inner-optimizer", choices=OPTIMIZERS, default=None, help="inner optimiser (adam)")
     add("--meta-steps", type=int, default=None, help="outer updates per method and k (1000)")
     add("--meta-batch", type=int, default=None, help="tasks per outer update (20)")
-    add("--outer-optimizer", choices=("adam", "sgd"), default=None, help="outer optimiser")
-    add("--outer-lr", type=float, default=None, help="outer step size (1e-3)")
     add(
-        "--warp-batch",
-        type=int,
+        "--outer-optimizer",
+        choices=("adam", "sgd"),
         default=None,
-        help="replay-buffer samples per WarpGrad warp update (16)",
+        help="outer optimiser for every method (default: each method's own: sgd for leap, "
+        "warp, warp-leap, reptile, ft; adam for maml, fomaml)",
     )
     add(
-        "--warp-store-every",
-        type=int,
+        "--outer-lr",
+        type=float,
         default=None,
-        help="WarpGrad stores every this many inner steps in its replay buffer (10)",
+        help="outer step size for every method (default: 0.1 for the sgd ones, 1e-3 for adam)",
     )
-    add("--warp-buffer", type=int, default=None, help="WarpGrad replay buffer size (200)")
+    add(
+        "--grad-clip",
+        type=float,
+        default=None,
+        help="clip the meta-gradient's global norm, 0 = off (default: off for leap, warp, "
+        "warp-leap, reptile, ft; 10 for maml, fomaml)",
+    )
+    add_warpgrad_arguments(parser, none_default=True)
     add(
         "--rotation",
         type=float,

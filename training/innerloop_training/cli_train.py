@@ -23,10 +23,11 @@ from innerloop.adaptation import OPTIMIZERS
 from innerloop.learner import HEADS
 from innerloop.models import WARP_KINDS
 from innerloop.scopes import ADAPT_SCOPES
-from innerloop_training.algorithms import ALGORITHMS
+from innerloop_training.algorithms import ALGORITHMS, OUTER_OPTIMIZERS
 from innerloop_training.data.registry import DATASETS, OMNIGLOT_SPLIT_SCHEMES
 from innerloop_training.devices import add_device_argument
 from innerloop_training.trainer import TrainConfig, Trainer
+from innerloop_training.warpgrad import BUFFERS, OBJECTIVES, WarpGradConfig
 
 DEFAULTS = TrainConfig()
 USER_MODELS = "models"  # the user's checkpoints (git-ignored); checkpoints/ is the shipped ones
@@ -39,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=ALGORITHMS,
         default=DEFAULTS.algorithm,
         help="meta-learner: second-order MAML, first-order MAML, Meta-SGD, Reptile, Leap, "
-        "WarpGrad (warp; needs --warp), WarpGrad + Leap init (warp-leap), or the baselines "
-        "ft (multi-headed pre-training) and no (no meta-training: the random init)",
+        "WarpGrad (warp), WarpGrad + Leap init (warp-leap), or the baseline no (no "
+        "meta-training: the random init); ft (multi-headed fine-tuning) needs tasks with an "
+        "identity and runs in `innerloop compare` only",
     )
     add("--dataset", choices=DATASETS, default=DEFAULTS.dataset, help="task source")
     add(
@@ -86,9 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--warp",
         choices=WARP_KINDS,
-        default=DEFAULTS.warp,
+        default=None,
         help="WarpGrad warp-layers after every adaptable block, held fixed by the inner loop: "
-        "linear (1x1 conv), conv (3x3 conv), residual (conv-norm-relu-conv + skip)",
+        "linear (1x1 conv), conv (3x3 conv), residual (conv-norm-relu-conv + skip); default "
+        "conv (the papers' Omniglot setting; linear for sine/logistic) for warp and warp-leap, "
+        "none otherwise",
     )
     add(
         "--head",
@@ -130,11 +134,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--meta-steps", type=int, default=DEFAULTS.meta_steps, help="outer updates in all")
     add(
         "--outer-optimizer",
-        choices=("adam", "sgd"),
-        default=DEFAULTS.outer_optimizer,
-        help="outer (meta) optimiser; Reptile with sgd is the textbook update",
+        choices=OUTER_OPTIMIZERS,
+        default=None,
+        help="outer (meta) optimiser (default: the method's own: sgd for reptile, leap, warp, "
+        "warp-leap as in their papers, adam otherwise)",
     )
-    add("--outer-lr", type=float, default=DEFAULTS.outer_lr, help="outer step size")
+    add(
+        "--outer-lr",
+        type=float,
+        default=None,
+        help="outer step size; for warp-leap the init's (default: 0.1 for reptile, leap, "
+        "warp, warp-leap; 1e-3 otherwise)",
+    )
+    add(
+        "--grad-clip",
+        type=float,
+        default=None,
+        help="clip the meta-gradient's global norm at this value, 0 = off (default: off for "
+        "reptile, leap, warp, warp-leap; 10 otherwise)",
+    )
+    add_warpgrad_arguments(parser, None)
     add("--seed", type=int, default=DEFAULTS.seed, help="seed of init and task sampling")
     add(
         "--eval-every",
@@ -181,6 +200,79 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.adapt,
         help="what the inner loop adapts, in training and when served: everything, the "
         "normalisation affine + head (film), the last block + head, or the head only",
+    )
+
+
+def all_or_int(text: str) -> int:
+    """``all`` (or ``0``) -> 0, the config's "all points" / "one pass" value."""
+    if text.strip().lower() in ("all", "epoch", "pass"):
+        return 0
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0 or 'all', got {text!r}")
+    return value
+
+
+def add_warpgrad_arguments(parser: argparse.ArgumentParser, none_default: bool | None) -> None:
+    """WarpGrad's knobs (Algorithm 2), shared by ``train`` and ``compare``.
+
+    ``none_default``: leave every default None (``compare`` fills them from its preset)."""
+    config = WarpGradConfig()
+
+    def default(value: object) -> object:
+        return None if none_default else value
+
+    add = parser.add_argument
+    add(
+        "--warp-buffer",
+        choices=BUFFERS,
+        default=default(config.buffer),
+        help="WarpGrad trajectory points: batch (this meta-batch's, cleared after the "
+        "meta-update: Algorithm 2 and the reference) or fifo (kept across meta-steps)",
+    )
+    add(
+        "--warp-buffer-size",
+        type=int,
+        default=default(config.buffer_size),
+        help=f"fifo buffer: points kept ({config.buffer_size})",
+    )
+    add(
+        "--warp-store-every",
+        type=int,
+        default=default(config.store_every),
+        help=f"store the task parameters every this many inner steps ({config.store_every})",
+    )
+    add(
+        "--warp-batch",
+        type=all_or_int,
+        default=default(config.warp_batch),
+        help="points per warp-layer update, or 'all' (reference: 1)",
+    )
+    add(
+        "--warp-updates",
+        type=all_or_int,
+        default=default(config.warp_updates),
+        help="warp-layer updates per meta-step, or 'all' for one pass over the points (all)",
+    )
+    add(
+        "--warp-objective",
+        choices=OBJECTIVES,
+        default=default(config.objective),
+        help="warp meta-objective: query loss one inner step past the point (step, the "
+        "paper's) or at the point (loss, cheaper)",
+    )
+    add(
+        "--warp-lr",
+        type=float,
+        default=None,
+        help="outer step size of the warp-layers (default: the --outer-lr)",
+    )
+    add(
+        "--warp-leap-loss",
+        action="store_true",
+        default=None if none_default else False,
+        help="warp-leap: meta-learn the init with full Leap (loss dimension) instead of the "
+        "reference's simplified Leap (unit-length parameter steps)",
     )
 
 

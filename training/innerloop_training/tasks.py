@@ -7,7 +7,7 @@ disagree on masks, weights or dtypes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -24,13 +24,17 @@ class TaskBatch:
     class_mask: Tensor
     query_x: Tensor
     query_y: Tensor
+    # which pre-training task each row is ([B] ints), where the source has a fixed task list
+    # and gives every task the same labels each time (multi-headed fine-tuning needs both)
+    task_ids: Tensor | None = None
 
     @property
     def tasks(self) -> int:
         return int(self.support_x.shape[0])
 
     def to(self, device: torch.device | str) -> TaskBatch:
-        return TaskBatch(*(t.to(device) for t in self.astuple()))
+        ids = None if self.task_ids is None else self.task_ids.to(device)
+        return replace(TaskBatch(*(t.to(device) for t in self.astuple())), task_ids=ids)
 
     def astuple(self) -> tuple[Tensor, ...]:
         return (
@@ -45,7 +49,10 @@ class TaskBatch:
     def chunks(self, size: int) -> list[TaskBatch]:
         """Split along the task dimension (to bound memory in evaluation)."""
         return [
-            TaskBatch(*(t[i : i + size] for t in self.astuple()))
+            replace(
+                TaskBatch(*(t[i : i + size] for t in self.astuple())),
+                task_ids=None if self.task_ids is None else self.task_ids[i : i + size],
+            )
             for i in range(0, self.tasks, size)
         ]
 

@@ -28,10 +28,11 @@ from innerloop.adaptation import InnerLoop
 from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
 from innerloop.learner import InnerDefaults, Learner
 from innerloop.models import ArchConfig
-from innerloop_training.algorithms import OuterConfig, build_algorithm
+from innerloop_training.algorithms import OuterConfig, build_algorithm, resolve_outer
 from innerloop_training.devices import learner_to, resolve_device
 from innerloop_training.evaluation import EvaluationResult, evaluate_learner
 from innerloop_training.sources import TaskSource, build_source
+from innerloop_training.warpgrad import WarpGradConfig
 
 
 @dataclass
@@ -51,7 +52,9 @@ class TrainConfig:
     rotations: bool = True
     image_size: int = 28
     filters: int = 64
-    warp: str = "none"  # WarpGrad warp-layers: none | linear | conv | residual
+    # WarpGrad warp-layers: none | linear | conv | residual; None: conv (images) or linear
+    # (regression) for warp / warp-leap, none otherwise
+    warp: str | None = None
     head: str = "proto"
     max_ways: int = 50
     inner_steps: int = 5
@@ -61,8 +64,19 @@ class TrainConfig:
     first_order_warmup: int = 0
     meta_batch: int = 16
     meta_steps: int = 1000
-    outer_optimizer: str = "adam"
-    outer_lr: float = 1e-3
+    # the outer optimiser; None: the algorithm's own (algorithms.default_outer)
+    outer_optimizer: str | None = None
+    outer_lr: float | None = None
+    grad_clip: float | None = None  # global-norm clip of the meta-gradient; 0 = off
+    # WarpGrad (warp, warp-leap); see innerloop_training.warpgrad.WarpGradConfig
+    warp_buffer: str = "batch"
+    warp_buffer_size: int = 200
+    warp_store_every: int = 1
+    warp_batch: int = 1
+    warp_updates: int = 0
+    warp_objective: str = "step"
+    warp_lr: float | None = None
+    warp_leap_loss: bool = False
     seed: int = 0
     eval_every: int = 200
     eval_episodes: int = 100
@@ -75,6 +89,37 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda (innerloop_training.devices)
     adapt: str = "all"  # adaptation scope meta-trained and served (innerloop.scopes)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+    def __post_init__(self) -> None:
+        """Fill in the algorithm's defaults, so the card records what actually ran."""
+        outer = resolve_outer(self.algorithm, self.outer_optimizer, self.outer_lr, self.grad_clip)
+        self.outer_optimizer, self.outer_lr = outer.optimizer, outer.lr
+        self.grad_clip = outer.grad_clip or 0.0
+        warped = self.algorithm in ("warp", "warp-leap")
+        if self.warp is None:
+            self.warp = ("linear" if self.is_regression else "conv") if warped else "none"
+        if warped and self.warp_lr is None:
+            self.warp_lr = self.outer_lr
+
+    @property
+    def outer(self) -> OuterConfig:
+        """The resolved outer optimiser (``__post_init__`` filled in every None)."""
+        assert self.outer_optimizer is not None and self.outer_lr is not None
+        return OuterConfig(self.outer_optimizer, self.outer_lr, self.grad_clip)
+
+    @property
+    def warpgrad(self) -> WarpGradConfig:
+        return WarpGradConfig(
+            buffer=self.warp_buffer,
+            buffer_size=self.warp_buffer_size,
+            store_every=self.warp_store_every,
+            warp_batch=self.warp_batch,
+            warp_updates=self.warp_updates,
+            objective=self.warp_objective,
+            leap_loss=self.warp_leap_loss,
+            warp_lr=self.warp_lr,
+            seed=self.seed,
+        )
 
     @property
     def name(self) -> str:
@@ -112,10 +157,13 @@ def display_command(argv: list[str]) -> str:
 
 def build_learner(config: TrainConfig) -> Learner:
     if config.is_regression:
-        arch = ArchConfig(kind="mlp", warp=config.warp)
+        arch = ArchConfig(kind="mlp", warp=config.warp or "none")
     else:
         arch = ArchConfig(
-            kind="conv4", image_size=config.image_size, filters=config.filters, warp=config.warp
+            kind="conv4",
+            image_size=config.image_size,
+            filters=config.filters,
+            warp=config.warp or "none",
         )
     inner = InnerDefaults(config.inner_steps, config.inner_lr, config.inner_optimizer)
     learner = Learner.create(
@@ -190,6 +238,12 @@ class Trainer:
         self.run_path = config.run_path
         self.run_path.mkdir(parents=True, exist_ok=True)
         self.resume_path = self.run_path / "resume.safetensors"
+        if config.algorithm == "ft":
+            raise ValueError(
+                "ft (multi-headed fine-tuning) trains one head per pre-training task and needs "
+                "tasks with a fixed identity and consistent labels; episodic sources have "
+                "neither. Run it in the alphabet-as-task protocol: innerloop compare --methods ft"
+            )
         self.device = resolve_device(config.device)
         self.learner = build_learner(config)
         self.start_step = 0
@@ -205,7 +259,8 @@ class Trainer:
             config.algorithm,
             self.learner,
             loop,
-            OuterConfig(config.outer_optimizer, config.outer_lr),
+            config.outer,
+            config.warpgrad,
         )
         if config.resume and self.resume_path.exists():
             self._load_optimizer_state()

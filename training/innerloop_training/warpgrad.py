@@ -6,35 +6,45 @@ moves them). Backpropagating through a warp-layer multiplies the adaptable layer
 its Jacobian, so learning the warp-layers learns a preconditioner for the inner loop; at serving
 time they are ordinary fixed layers and a WarpGrad checkpoint adapts exactly like any other.
 
-The warp-layers are meta-learned with the paper's Algorithm 2 (online WarpGrad), which never
-backpropagates through a trajectory:
+The warp-layers are meta-learned with the paper's Algorithm 2 (*offline* WarpGrad: the task
+trajectories are collected first, the warp-layers are updated afterwards; the paper's online
+variant, Algorithm 1, interleaves the two), which never backpropagates through a trajectory:
 
 1. every task of the meta-batch adapts on its support set through the one inner loop; the
-   ``trajectory`` hook copies a few of the visited task parameterisations ``θ_k`` (every
-   ``store_every``-th step, plus the adapted end point) into a bounded FIFO
-   :class:`ReplayBuffer`, each with a reference to its task's data;
-2. the warp-parameters ``φ`` take ``warp_updates`` outer steps, each on the mean meta-objective
-   over ``warp_batch`` buffer samples. The meta-objective of a sample ``(θ, task)`` is the
-   paper's one-step look-ahead ``L_query(θ - α ∇_θ L_support(θ; φ); φ)`` (``objective="step"``,
-   the reference code's ``warp_on_same_loss``) or simply ``L_query(θ; φ)``
-   (``objective="loss"``, its ``approx`` mode); ``θ`` is a stored constant and only ``φ``
-   receives gradients. ``α`` is the learner's step size (the look-ahead is a plain gradient
-   step even for an Adam inner loop, where ``"loss"`` is the cheaper, equally valid choice).
+   ``trajectory`` hook keeps the visited task parameterisations ``θ_k`` (``k = 0, s, 2s, ..``
+   below the number of inner steps, ``s = store_every``), each with its task's data;
+2. the warp-parameters ``φ`` take outer steps on minibatches of ``warp_batch`` of those points
+   (``0``: all in one step), one pass over them in random order (or ``warp_updates`` steps).
+   The meta-objective of a point ``(θ, task)`` is the one-step look-ahead
+   ``L_query(θ - α ∇_θ L_support(θ; φ); φ)`` (``objective="step"``, the reference code's
+   ``warp_on_same_loss``) or simply ``L_query(θ; φ)`` (``objective="loss"``, its ``approx``
+   mode); ``θ`` is a constant and only ``φ`` receives gradients. ``α`` is the learner's step
+   size (the look-ahead is a plain gradient step even for an Adam inner loop);
+3. the points are dropped (``buffer="batch"``, Algorithm 2 and the reference code, which clears
+   its buffer after every meta-update). ``buffer="fifo"`` instead keeps up to ``buffer_size``
+   points across meta-steps, so the warp also sees points visited under older parameters: a
+   variant of ours, not the paper's.
 
-Because the buffer keeps samples from earlier meta-steps, the warp is fitted to the whole
-distribution of points that adaptation visits, not only the current batch's; because it is
-bounded (``buffer_size``), memory does not grow with training.
+The defaults are the reference code's (``src/warpgrad/warpgrad/updaters.py``: ``DualUpdater``
+with ``bsz=1``, ``epochs=1``; ``warpgrad.py``: ``Warp.backward`` clears the buffer, and every
+forward pass of the task loop is stored): every inner step is stored and each gives one warp
+update. That is the most expensive setting; ``store_every`` and ``warp_batch`` trade it down.
 
 ``warp`` keeps the adaptable layers' init at its random start (only ``φ`` is meta-learned);
 ``warp-leap`` also meta-learns that init with Leap's trajectory-length gradient, accumulated from
-the same trajectories (:class:`innerloop_training.leap.LeapAccumulator`).
+the same support-set trajectories (:class:`innerloop_training.leap.LeapAccumulator`) and applied
+after the warp updates. By default that is the reference's *simplified* Leap (``updaters.py``,
+``simplified_leap``: the sum of unit-length steps ``(θ_i - θ_{i+1}) / |θ_i - θ_{i+1}|``, no
+loss dimension); ``leap_loss=True`` uses full Leap (loss dimension, stabiliser) as ``leap``
+does. Warp-layers and init have separate step sizes (``warp_lr``; None = the init's, as the
+reference's ``lr_adapt`` defaults to its meta ``lr``), as two groups of one outer optimiser.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,27 +66,44 @@ from innerloop_training.leap import (
 from innerloop_training.tasks import TaskBatch
 
 OBJECTIVES = ("step", "loss")
+BUFFERS = ("batch", "fifo")
 
 
 @dataclass(frozen=True)
 class WarpGradConfig:
-    """Algorithm 2's knobs; the defaults suit both sine and the alphabet protocol."""
+    """Algorithm 2's knobs; the defaults are the reference code's (see the module doc)."""
 
-    buffer_size: int = 200  # parameterisations kept (FIFO): bounds memory
-    store_every: int = 1  # store θ_k every this many inner steps (and always the end point)
-    warp_batch: int = 16  # buffer samples per warp update
-    warp_updates: int = 1  # warp updates per meta-step
+    buffer: str = "batch"  # "batch": this meta-batch's points, then cleared; "fifo": kept
+    buffer_size: int = 200  # fifo only: points kept across meta-steps
+    store_every: int = 1  # store θ_k every this many inner steps (reference: every step)
+    warp_batch: int = 1  # points per warp update; 0 = all (reference bsz=1)
+    warp_updates: int = 0  # warp updates per meta-step; 0 = one pass over the points
     objective: str = "step"  # "step": one-step look-ahead (paper); "loss": loss at θ
     learn_init: bool = False  # warp-leap: also meta-learn the init with Leap
-    leap: LeapConfig = field(default_factory=LeapConfig)
-    seed: int = 0  # of the buffer's sampling
+    leap_loss: bool = False  # warp-leap: full Leap (True) or the reference's simplified Leap
+    warp_lr: float | None = None  # outer step size of the warp-layers (None: the init's)
+    seed: int = 0  # of the points' shuffling
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"WarpGrad objective {self.objective!r} is not one of {OBJECTIVES}")
-        for name in ("buffer_size", "store_every", "warp_batch", "warp_updates"):
+        if self.buffer not in BUFFERS:
+            raise ValueError(f"WarpGrad buffer {self.buffer!r} is not one of {BUFFERS}")
+        for name in ("buffer_size", "store_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"WarpGrad {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warp_batch", "warp_updates"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"WarpGrad {name} must be >= 0 (0: all), got {getattr(self, name)}"
+                )
+        if self.warp_lr is not None and self.warp_lr <= 0:
+            raise ValueError(f"WarpGrad warp_lr must be > 0, got {self.warp_lr}")
+
+    @property
+    def leap(self) -> LeapConfig:
+        """The init's Leap gradient: simplified (no loss dimension) unless ``leap_loss``."""
+        return LeapConfig(loss=True) if self.leap_loss else LeapConfig(loss=False)
 
 
 @dataclass
@@ -93,10 +120,11 @@ class BufferEntry:
 
 
 class ReplayBuffer:
-    """A bounded FIFO of :class:`BufferEntry`; the oldest entries fall out when it is full."""
+    """Trajectory points: a bounded FIFO (oldest fall out when full), or unbounded and cleared
+    after every meta-step (``capacity=None``, Algorithm 2's batch buffer)."""
 
-    def __init__(self, capacity: int, seed: int = 0) -> None:
-        if capacity < 1:
+    def __init__(self, capacity: int | None, seed: int = 0) -> None:
+        if capacity is not None and capacity < 1:
             raise ValueError(f"replay buffer capacity must be >= 1, got {capacity}")
         self.capacity = capacity
         self._entries: deque[BufferEntry] = deque(maxlen=capacity)
@@ -110,9 +138,32 @@ class ReplayBuffer:
         self._entries.append(entry)
         self.added += 1
 
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def entries(self) -> list[BufferEntry]:
+        return list(self._entries)
+
     def sample(self, count: int) -> list[BufferEntry]:
         """Up to ``count`` distinct entries, uniformly at random (seeded)."""
         return self._rng.sample(list(self._entries), min(count, len(self._entries)))
+
+    def minibatches(self, size: int, updates: int) -> list[list[BufferEntry]]:
+        """``updates`` minibatches of ``size`` entries (``size`` 0: all), drawn as consecutive
+        slices of seeded shuffles, so every entry is used once before any twice; ``updates`` 0
+        means one pass (the reference's ``epochs=1``)."""
+        entries = list(self._entries)
+        if not entries:
+            return []
+        size = size or len(entries)
+        per_pass = -(-len(entries) // size)
+        wanted = updates or per_pass
+        batches: list[list[BufferEntry]] = []
+        while len(batches) < wanted:
+            order = entries[:]
+            self._rng.shuffle(order)
+            batches += [order[i : i + size] for i in range(0, len(order), size)]
+        return batches[:wanted]
 
 
 _DATA_FIELDS = ("support_x", "support_y", "support_weight", "class_mask", "query_x", "query_y")
@@ -150,30 +201,50 @@ class WarpGrad(MetaAlgorithm):
             raise ValueError(f"warp parameters must be frozen in the learner: {unfrozen[:5]}")
         self.config = config
         self.name = name or ("warp-leap" if config.learn_init else "warp")
-        self.buffer = ReplayBuffer(config.buffer_size, config.seed)
+        capacity = config.buffer_size if config.buffer == "fifo" else None
+        self.buffer = ReplayBuffer(capacity, config.seed)
         super().__init__(learner, loop, outer)
 
     def meta_tensors(self) -> dict[str, Tensor]:
-        """Warp parameters; with ``learn_init`` also the init of the adapted ones."""
+        """Init of the adapted parameters (with ``learn_init``), then the warp parameters."""
         learner = self.learner
-        return {
+        init = {
             f"param/{k}": v
             for k, v in learner.params.items()
-            if is_warp_parameter(k) or (self.config.learn_init and k not in learner.frozen)
+            if self.config.learn_init and k not in learner.frozen and not is_warp_parameter(k)
         }
+        warp = {f"param/{k}": v for k, v in learner.params.items() if is_warp_parameter(k)}
+        return {**init, **warp}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The init at the outer step size, the warp-layers at ``warp_lr`` (if given)."""
+        tensors = self.meta_tensors()
+        init = [v for k, v in tensors.items() if not is_warp_parameter(k)]
+        warp = [v for k, v in tensors.items() if is_warp_parameter(k)]
+        groups: list[dict[str, Any]] = [{"params": init}] if init else []
+        lr = self.config.warp_lr if self.config.warp_lr is not None else self.outer.lr
+        return [*groups, {"params": warp, "lr": lr}]
 
     # ---- one meta-step ------------------------------------------------------------------------
     def step(self, batch: TaskBatch) -> dict[str, float]:
+        """Collect trajectories, update the warp-layers on them, then (warp-leap) the init."""
+        config = self.config
         metrics, init_grads = self.collect(batch)
         warp_losses = []
-        for update in range(self.config.warp_updates):
-            loss, warp_grads = self.warp_gradient(self.buffer.sample(self.config.warp_batch))
+        meta = self._meta_params()
+        for entries in self.buffer.minibatches(config.warp_batch, config.warp_updates):
+            loss, warp_grads = self.warp_gradient(entries)
             warp_losses.append(loss)
-            grads = {**warp_grads, **(init_grads if update == 0 else {})}
-            set_gradients(self._meta_params(), grads)
+            set_gradients(meta, warp_grads)
             metrics["grad_norm"] = apply_if_finite(self)
-        metrics["warp_objective"] = sum(warp_losses) / len(warp_losses)
+        if init_grads:  # the reference's order: warp updates first, then the init's step
+            set_gradients(meta, init_grads)
+            metrics["init_grad_norm"] = apply_if_finite(self)
+        metrics["warp_objective"] = sum(warp_losses) / max(len(warp_losses), 1)
+        metrics["warp_updates"] = float(len(warp_losses))
         metrics["buffer"] = float(len(self.buffer))
+        if config.buffer == "batch":
+            self.buffer.clear()
         return metrics
 
     def collect(self, batch: TaskBatch) -> tuple[dict[str, float], Params]:
@@ -186,14 +257,13 @@ class WarpGrad(MetaAlgorithm):
             leap = LeapAccumulator(config.leap) if config.learn_init else None
 
             def observe(step: int, fast: Params, grads: Params, loss: Tensor) -> None:
+                # θ_0 .. θ_{K-1}, the points a gradient is taken at (as the reference stores)
                 if step % config.store_every == 0:
                     stored.append({k: v.detach() for k, v in fast.items()})
                 if leap is not None:
                     leap(step, fast, grads, loss)
 
             result = adapt(learner, params, step_sizes, sx, sy, sw, cm, loop, trajectory=observe)
-            # the end point too: the hook only sees θ_0 .. θ_{K-1}
-            stored.append({k: result.params[k] for k in learner.adapted_names(result.params)})
             init_grad: Params = {}
             if leap is not None:
                 init_grad = to_meta_shapes(leap.finish(result.params, result.loss_after), params)
@@ -206,8 +276,10 @@ class WarpGrad(MetaAlgorithm):
         for b in range(batch.tasks):
             if not bool(ok[b]):
                 continue
-            data = tuple(t[b] for t in batch.astuple())
-            for point in stored:  # clones, so an entry never keeps the whole batch alive
+            # one copy of the task's data shared by its points (a view would keep the whole
+            # batch alive in a fifo buffer); each point's parameters are its own copy
+            data = tuple(t[b].clone() for t in batch.astuple())
+            for point in stored:
                 self.buffer.add(BufferEntry({k: v[b].clone() for k, v in point.items()}, *data))
         metrics = {
             "support_loss_before": float(before[ok].mean()),
