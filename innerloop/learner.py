@@ -43,10 +43,10 @@ HEADS = ("proto", "zero", "none")
 TASKS = ("classification", "regression")
 MASKED_LOGIT = -1.0e4  # finite, so masked ways never produce NaN gradients
 # Images per piece when the shared prefix runs on the CPU. Measured on a 2-core AMD EPYC, one
-# thread, shipped omniglot Conv4 (benchmarks/bench_arithmetic.py): 0.42-0.49 ms per image in
-# pieces of 16-64, 0.82 at 128 and 1.04-1.14 at 320-640, once activations outgrow the cache. A
-# batch of 32 five-way one-shot requests is 640 images: in pieces it runs 2x faster.
-PREFIX_CHUNK = 32
+# thread, shipped omniglot Conv4, 640 images (32 five-way one-shot requests): 0.41-0.45 ms per
+# image in pieces of 16, 0.47-0.82 in pieces of 32-64 (varying from run to run), 0.82 at 128
+# and 1.04-1.14 at 320-640, once activations outgrow the cache (benchmarks/bench_arithmetic.py).
+PREFIX_CHUNK = 16
 
 
 @dataclass(frozen=True)
