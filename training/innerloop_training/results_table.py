@@ -120,10 +120,41 @@ def _how_made(name: str, card: dict[str, Any]) -> str:
     )
 
 
+# Trajectory methods whose defaults changed to the papers' (SGD 0.1 outer steps, no clipping,
+# WarpGrad's per-meta-batch buffer); cards from before record a command that relied on the old
+# defaults (Adam, clip 10, a FIFO buffer), so rendering it verbatim would not remake the model.
+_PAPER_DEFAULTS_ALGORITHMS = ("reptile", "leap", "warp", "warp-leap")
+
+
+def _with_then_defaults(stage: dict[str, Any]) -> str:
+    """The stage's command, plus the flags that spell out defaults it relied on and that have
+    changed since (only for cards from before the change: their config lacks ``grad_clip``).
+
+    WarpGrad's old buffer also replayed each trajectory's end point, which no flag restores,
+    so a remade ``warp``/``warp-leap`` checkpoint is close to, not equal to, the shipped one.
+    """
+    command = str(stage["command"])
+    config = stage.get("config", {})
+    algorithm = stage.get("algorithm")
+    if algorithm not in _PAPER_DEFAULTS_ALGORITHMS or "grad_clip" in config:
+        return command
+    extra = []
+    if "--outer-optimizer" not in command:
+        extra.append(f"--outer-optimizer {config.get('outer_optimizer', 'adam')}")
+    if "--outer-lr" not in command:
+        extra.append(f"--outer-lr {config.get('outer_lr', 0.001)}")
+    extra.append("--grad-clip 10")
+    if algorithm in ("warp", "warp-leap"):
+        extra.append("--warp-buffer fifo --warp-buffer-size 200 --warp-batch 16 --warp-updates 1")
+        if algorithm == "warp-leap":
+            extra.append("--warp-leap-loss")
+    return " ".join([command, *extra])
+
+
 def _commands(card: dict[str, Any]) -> list[str]:
     """How to remake the checkpoint: its training stages in order, then its inner-loop tuning."""
     stages = _stages(card.get("training", {}))
-    commands = [str(stage["command"]) for stage in stages if stage.get("command")]
+    commands = [_with_then_defaults(stage) for stage in stages if stage.get("command")]
     tuning = card.get("inner_loop_tuning", {}).get("command")
     return [*commands, str(tuning)] if tuning else commands
 
