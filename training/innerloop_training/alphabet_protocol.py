@@ -61,6 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm import tqdm
 
 from innerloop.adaptation import InnerLoop, Params, adapt
 from innerloop.checkpoint import build_card, save_checkpoint
@@ -635,7 +636,10 @@ def run_comparison(
                 )
                 algorithm = make_algorithm(method, learner, config)
                 metrics: dict[str, float] = {}
-                for _ in range(config.meta_steps):
+                progress = tqdm(
+                    range(config.meta_steps), desc=f"{method} k={k}", unit="meta-step", leave=False
+                )
+                for _ in progress:
                     metrics = algorithm.step(source.sample(config.meta_batch))
                 _warn_if_not_finite(metrics, method, k, log)
                 result = evaluate_alphabets(
