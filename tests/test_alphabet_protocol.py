@@ -184,3 +184,43 @@ def test_confidence_intervals() -> None:
     low, high = t_interval([0.5, 0.6, 0.7])  # mean 0.6, sd 0.1, t(2) = 4.303
     assert low == pytest.approx(0.6 - 4.303 * 0.1 / 3**0.5)
     assert high == pytest.approx(0.6 + 4.303 * 0.1 / 3**0.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+def test_tiny_comparison_on_cuda_matches_cpu(tmp_path: Path) -> None:
+    """``innerloop compare --device cuda``: every method runs on the GPU and ``no`` (nothing
+    trained, the same init and test tasks) scores what it scores on the CPU."""
+    config = ProtocolConfig(
+        pretrain_alphabets=(1,),
+        test_alphabets=2,
+        characters=3,
+        holdout=1,
+        shots=2,
+        queries=1,
+        image_size=16,
+        filters=8,
+        inner_steps=2,
+        maml_steps=1,
+        test_steps=2,
+        meta_steps=1,
+        meta_batch=2,
+        warp_batch=2,
+        warp_store_every=1,
+        inner_lr=0.01,
+    )
+    runs = {
+        device: run_comparison(
+            config,
+            tmp_path / device,
+            background=synthetic(True),
+            evaluation=synthetic(False),
+            log=lambda line: None,
+            device=device,
+        )
+        for device in ("cpu", "cuda")
+    }
+    assert set(runs["cuda"]["results"]) == set(METHODS) and runs["cuda"]["device"] == "cuda"
+    on_gpu, on_cpu = (runs[d]["results"]["no"]["1"]["curve"] for d in ("cuda", "cpu"))
+    assert on_gpu == pytest.approx(on_cpu, abs=0.2)
+    learner, _ = load_checkpoint(tmp_path / "cuda" / "checkpoints" / "leap-k1.safetensors")
+    assert all(v.device.type == "cpu" for v in learner.params.values())

@@ -77,6 +77,7 @@ from innerloop_training.baselines import MultiHeadFineTuning
 from innerloop_training.data.labelled_images import LabelledImages
 from innerloop_training.data.omniglot import load_omniglot, omniglot_alphabet_of, omniglot_alphabets
 from innerloop_training.data.registry import default_data_root
+from innerloop_training.devices import learner_to
 from innerloop_training.tasks import TaskBatch
 from innerloop_training.warpgrad import WarpGrad, WarpGradConfig
 
@@ -578,8 +579,12 @@ def run_comparison(
     evaluation: LabelledImages | None = None,
     save_checkpoints: bool = True,
     log: Callable[[str], None] = print,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Pre-train every method for every ``k``, test, and write results, table and figure.
+
+    Learners and task batches live on ``device`` (batches are built on the CPU from images and
+    moved as they are used); results and checkpoints are written from the CPU.
 
     ``background`` / ``evaluation`` may be passed in (tests); otherwise they are loaded from
     ``data_root``. Results are rewritten to ``results.json`` after every (method, k), so an
@@ -601,7 +606,8 @@ def run_comparison(
         evaluation, test_names, config.characters, config.holdout, config.seed + 1
     )
     check_split(pool, tests)
-    test_batches = [(t.alphabet, held_out_batch(t, config.test_shots)) for t in tests]
+    device = torch.device(device)
+    test_batches = [(t.alphabet, held_out_batch(t, config.test_shots).to(device)) for t in tests]
     report: dict[str, Any] = {
         "protocol": "omniglot alphabet-as-task",
         "settings": _jsonable(asdict(config)),
@@ -612,13 +618,14 @@ def run_comparison(
         "ci95": "ci95_queries: Wilson over pooled held-out drawings; ci95_alphabets: Student "
         "t over per-alphabet final accuracies",
         "seconds": {},
+        "device": str(device),
     }
     log(f"test alphabets (images_evaluation): {', '.join(test_names)}")
     untrained: AlphabetResult | None = None
     for method in config.methods:
         for k in sorted(config.pretrain_alphabets):
             clock = time.monotonic()
-            learner = make_learner(method, config)
+            learner = learner_to(make_learner(method, config), device)
             if method == "no":  # nothing is pre-trained: one evaluation serves every k
                 untrained = untrained or evaluate_alphabets(
                     learner, test_batches, config.test_steps, config.curve_every
@@ -640,7 +647,7 @@ def run_comparison(
                     range(config.meta_steps), desc=f"{method} k={k}", unit="meta-step", leave=False
                 )
                 for _ in progress:
-                    metrics = algorithm.step(source.sample(config.meta_batch))
+                    metrics = algorithm.step(source.sample(config.meta_batch).to(device))
                 _warn_if_not_finite(metrics, method, k, log)
                 result = evaluate_alphabets(
                     learner, test_batches, config.test_steps, config.curve_every
@@ -702,7 +709,10 @@ def _save(
         },
     )
     save_checkpoint(
-        learner.with_params({k: v.detach() for k, v in learner.params.items()}),
+        learner.with_params(
+            {k: v.detach().cpu() for k, v in learner.params.items()},
+            {k: v.detach().cpu() for k, v in learner.step_sizes.items()},
+        ),
         out_dir / "checkpoints" / f"{name}.safetensors",
         card,
     )

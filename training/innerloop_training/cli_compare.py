@@ -34,6 +34,7 @@ from innerloop_training.alphabet_protocol import (
     run_comparison,
 )
 from innerloop_training.cli_train import add_warpgrad_arguments
+from innerloop_training.devices import add_device_argument, resolve_device
 
 DEFAULTS = ProtocolConfig()
 
@@ -170,6 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not write a checkpoint per method and k",
     )
     add("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> ProtocolConfig:
@@ -201,7 +203,10 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     started = time.monotonic()
     try:
-        report = run_comparison(config, out_dir, args.data_root, save_checkpoints=args.checkpoints)
+        device = resolve_device(args.device)
+        report = run_comparison(
+            config, out_dir, args.data_root, save_checkpoints=args.checkpoints, device=device
+        )
     except (FileNotFoundError, ValueError) as error:
         print(f"innerloop compare: {error}")
         return 2
