@@ -96,7 +96,11 @@ class IsolatingBatchLoop(LitLoop):
                 stop = True
                 continue
             response_queue_id, uid, timestamp, payload = item
-            self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, _REGULAR)
+            # No START message (LitServe's loops send one per request): its only reader records
+            # the worker id for LitServe's dead-worker monitor, which runs in the main process
+            # and never sees the HTTP process's response buffer; a killed worker's requests get
+            # 504 from --request-timeout instead. Skipping it saves two manager-queue round
+            # trips (and a thread hop in the HTTP process) per request.
             if timeout not in (None, -1, False) and time.monotonic() - timestamp > timeout:
                 log.warning("request %s waited more than %ss in the queue", uid, timeout)
                 self._send_error(
