@@ -176,6 +176,8 @@ class Server:
         ]
         if args.threads:
             command += ["--threads", str(args.threads)]
+        if getattr(args, "workers", None):
+            command += ["--workers", str(args.workers)]
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -335,6 +337,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16, help="max_batch_size with batching on")
     parser.add_argument("--batch-timeout", type=float, default=0.005)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("--workers", type=int, default=None, help="inference workers (serve's)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
         "--scope", default=None, help="serve the checkpoint re-scoped (all, film, last, head)"
@@ -407,7 +410,8 @@ def main() -> int:
     print(f"model: {model}")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, device {args.device}, "
-        f"torch threads {args.threads or 'default'}; {seconds:g} s per level "
+        f"torch threads {args.threads or 'default'}, workers {args.workers or 'default'}; "
+        f"{seconds:g} s per level "
         f"(every client sends at least one request); inner steps: 5-way 1-shot "
         f"{naive_steps['5-way 1-shot']}, 20-way 5-shot {naive_steps['20-way 5-shot']}"
     )
