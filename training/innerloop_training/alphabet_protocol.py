@@ -304,15 +304,17 @@ class ProtocolConfig:
     image_size: int = 28
     filters: int = 64
     warp: str = "conv"
-    head: str = "proto"
+    # the papers' inner loop: a linear head from zero and plain SGD(0.1). Measured on 3 test
+    # alphabets, untrained 32-filter net, 20-way, 5 shots, accuracy after 100 steps: zero head
+    # + SGD 0.1 58.7%, zero + Adam 1e-3 56.3%, proto + Adam 1e-3 47.0%, proto + SGD 0.1 38.3%
+    # (the prototype head's first SGD steps overshoot). SGD also leaves WarpGrad's
+    # preconditioning intact, which Adam's per-parameter normalisation largely undoes.
+    head: str = "zero"
     inner_steps: int = 100
     maml_steps: int = 5
     test_steps: int = 100
-    # Adam, not the papers' SGD(0.1): with our per-task prototype head the first SGD steps are
-    # unstable (measured, untrained 16-filter net, 20-way: 18% -> 7% after 4 steps at lr 0.1,
-    # still 7% at 0.03), while Adam climbs steadily (18% -> 36% in 20 steps at 3e-3)
-    inner_lr: float = 1e-3
-    inner_optimizer: str = "adam"
+    inner_lr: float = 0.1
+    inner_optimizer: str = "sgd"
     meta_steps: int = 1000
     meta_batch: int = 20
     # None: each method's own (algorithms.default_outer); grad_clip 0 = off
@@ -357,7 +359,6 @@ QUICK = {
     "inner_steps": 8,
     "maml_steps": 3,
     "test_steps": 20,
-    "inner_lr": 3e-3,
     "meta_steps": 15,
     "meta_batch": 3,
     "warp_batch": 0,

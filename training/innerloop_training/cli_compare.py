@@ -101,7 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="warp-layers of warp and warp-leap (default conv)",
     )
-    add("--head", choices=("proto", "zero"), default=None, help="per-task head (proto)")
+    add(
+        "--head",
+        choices=("proto", "zero"),
+        default=None,
+        help="per-task head (zero: the papers' linear head)",
+    )
     add("--inner-steps", type=int, default=None, help="pre-training inner steps (100)")
     add(
         "--maml-steps",
@@ -110,8 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="second-order MAML's pre-training inner steps, bounded for memory (5)",
     )
     add("--test-steps", type=int, default=None, help="adaptation steps at test (100)")
-    add("--inner-lr", type=float, default=None, help="inner step size, for every method (1e-3)")
-    add("--inner-optimizer", choices=OPTIMIZERS, default=None, help="inner optimiser (adam)")
+    add("--inner-lr", type=float, default=None, help="inner step size, for every method (0.1)")
+    add("--inner-optimizer", choices=OPTIMIZERS, default=None, help="inner optimiser (sgd)")
     add("--meta-steps", type=int, default=None, help="outer updates per method and k (1000)")
     add("--meta-batch", type=int, default=None, help="tasks per outer update (20)")
     add(
