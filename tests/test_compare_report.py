@@ -89,3 +89,15 @@ def test_readme_block_puts_the_paper_beside_ours() -> None:
 @pytest.mark.skipif(not RESULTS.exists(), reason="no shipped comparison results")
 def test_readme_table_matches_the_shipped_results() -> None:
     assert main(["readme", "--results", str(RESULTS), "--check", str(README)]) == 0
+
+
+def test_readme_block_shows_a_variant_run_beside_the_main_one() -> None:
+    main_run = merge_reports([run_of({"leap": 0.7, "no": 0.3}, 600)])
+    variant = merge_reports([run_of({"leap": 0.6}, 600)])
+    variant["settings"].update(head="proto", inner_optimizer="adam", inner_lr=0.001)
+    block = readme_block(main_run, variant=variant)
+    leap = next(line for line in block.splitlines() if line.startswith("| leap"))
+    assert leap.endswith("| 60.0 [58.0, 62.0] |")
+    untrained = next(line for line in block.splitlines() if line.startswith("| no "))
+    assert untrained.endswith("|  |")  # the variant did not run it
+    assert "proto head and adam (lr 0.001)" in block

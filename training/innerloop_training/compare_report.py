@@ -21,6 +21,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "docs" / "results" / "compare.json"
+# the same run with the inner loop innerloop used before the papers' (prototype head, Adam 1e-3)
+VARIANT = REPO / "docs" / "results" / "compare-adam-proto.json"
 FIGURE = REPO / "docs" / "figures" / "compare.png"
 START, END = "<!-- compare:start -->", "<!-- compare:end -->"
 
@@ -76,15 +78,21 @@ def _k(report: dict[str, Any]) -> str:
     return max(ks, key=int)
 
 
-def readme_block(report: dict[str, Any], figure: str = "docs/figures/compare.png") -> str:
-    """The README table: ours (with both 95% intervals) beside the paper, at the largest k."""
+def readme_block(
+    report: dict[str, Any],
+    figure: str = "docs/figures/compare.png",
+    variant: dict[str, Any] | None = None,
+) -> str:
+    """The README table: ours (with both 95% intervals) beside the paper, at the largest k;
+    ``variant`` (the same protocol with another inner loop) adds a column of its own."""
     k = _k(report)
     s = report["settings"]
     lines = [
         START,
         "| method | final accuracy, % [95% Wilson, drawings] | [95% t, alphabets] | AUC % "
-        "| WarpGrad paper, k=25 | pre-training + test, min |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| WarpGrad paper, k=25 | pre-training + test, min |"
+        + (" variant: final accuracy, % [95% Wilson] |" if variant else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if variant else ""),
     ]
     for method in _methods(report):
         r = report["results"][method][k]
@@ -96,6 +104,7 @@ def readme_block(report: dict[str, Any], figure: str = "docs/figures/compare.png
             f"| {method} | {100 * r['final_accuracy']:.1f} [{100 * low:.1f}, {100 * high:.1f}] "
             f"| [{100 * t_low:.1f}, {100 * t_high:.1f}] | {100 * r['auc']:.1f} "
             f"| {'' if paper is None else f'{paper:.1f}'} | {minutes:.0f} |"
+            + (f" {_variant_cell(variant, method, k)} |" if variant else "")
         )
     lines += [
         "",
@@ -108,11 +117,29 @@ def readme_block(report: dict[str, Any], figure: str = "docs/figures/compare.png
         f"{float(report['total_seconds']) / 60:.0f} min wall, "
         f"{float(report.get('cpu_seconds', report['total_seconds'])) / 60:.0f} min of one core "
         "each.",
+        *(
+            [
+                "",
+                f"Variant: the same runs with a {variant['settings']['head']} head and "
+                f"{variant['settings']['inner_optimizer']} (lr {variant['settings']['inner_lr']}) "
+                "as the inner loop, pre-training and test alike.",
+            ]
+            if variant
+            else []
+        ),
         "",
         f"![alphabet-as-task comparison against the WarpGrad paper]({figure})",
         END,
     ]
     return "\n".join(lines)
+
+
+def _variant_cell(variant: dict[str, Any], method: str, k: str) -> str:
+    result = variant["results"].get(method, {}).get(k)
+    if result is None:
+        return ""
+    low, high = result["ci95_queries"]
+    return f"{100 * result['final_accuracy']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def plot_against_paper(report: dict[str, Any], path: Path) -> Path:
@@ -176,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--out", type=Path, default=RESULTS)
     readme = commands.add_parser("readme", help="the README table and figure from the results")
     readme.add_argument("--results", type=Path, default=RESULTS)
+    readme.add_argument("--variant", type=Path, default=VARIANT, help="a second run's results")
     mode = readme.add_mutually_exclusive_group(required=True)
     mode.add_argument("--write", type=Path, metavar="README")
     mode.add_argument("--check", type=Path, metavar="README")
@@ -189,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(args.results.read_text())
     target = args.write or args.check
     text = target.read_text()
-    updated = replace_block(text, readme_block(report))
+    variant = json.loads(args.variant.read_text()) if args.variant.exists() else None
+    updated = replace_block(text, readme_block(report, variant=variant))
     if args.check:
         if updated != text:
             print(f"{target}'s comparison block differs from {args.results}: rerun with --write")
