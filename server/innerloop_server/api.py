@@ -31,13 +31,7 @@ import torch
 from innerloop_server import logs
 from innerloop_server.adapters import Adapter, AdapterCache, adapter_id
 from innerloop_server.batching import Result, groups, predict_with_adapter, run_group
-from innerloop_server.decoding import (
-    Task,
-    check_query_count,
-    check_work,
-    decode_queries,
-    decode_request,
-)
+from innerloop_server.decoding import Task, decode_adapter_queries, decode_request
 from innerloop_server.errors import refuse_non_finite, request_error
 from innerloop_server.limits import Limits
 from innerloop_server.loop import IsolatingBatchLoop
@@ -110,58 +104,50 @@ class InnerloopAPI(ls.LitAPI):
         )
 
     def decode_request(self, request: PredictRequest, **kwargs: Any) -> Task:
-        # the HTTP process decodes (app._route_through_decoding) and sends a Task; requests with
-        # an adapter arrive as they are, since only this worker knows the adapter
+        # the HTTP process decodes (app._route_through_decoding) and sends a Task; a predict
+        # with an adapter arrives with its queries decoded but not yet bound to the adapter
+        # (only this worker holds adapters), or as it was sent when the HTTP process did not
+        # know the adapter's model
         if isinstance(request, Task):
-            return request
+            return self._bind_adapter(request) if request.kind == "adapter" else request
         started = time.perf_counter()
         if isinstance(request, PredictRequest) and request.adapter is not None:
-            task = self._decode_adapter_request(request)
+            adapter = self._adapter(request.adapter)
+            task = self._bind_adapter(
+                decode_adapter_queries(request, self.registry.get(adapter.model), self.limits)
+            )
         else:
             task = decode_request(request, self.registry, self.limits)
         task.decode_ms = (time.perf_counter() - started) * 1000.0
         return task
 
-    def _decode_adapter_request(self, request: PredictRequest) -> Task:
-        """``predict`` with ``adapter``: queries only, answered by the cached adapted tensors."""
-        for name in ("support", "steps", "lr"):
-            if getattr(request, name) is not None:
-                raise request_error(
-                    422, name, "must be omitted with `adapter` (the adapter already fixed it)"
-                )
-        adapter = self.adapters.get(request.adapter or "")
+    def _adapter(self, adapter_id: str) -> Adapter:
+        adapter = self.adapters.get(adapter_id)
         if adapter is None:
             raise request_error(
                 404,
                 "adapter",
-                f"{request.adapter!r} is unknown or was evicted from the adapter cache; "
+                f"{adapter_id!r} is unknown or was evicted from the adapter cache; "
                 "POST /v1/adapt again (the same support gives the same id)",
             )
-        if request.model is not None and request.model != adapter.model:
+        return adapter
+
+    def _bind_adapter(self, task: Task) -> Task:
+        """Give a decoded adapter predict its adapter's labels, loop and task kind."""
+        adapter = self._adapter(task.adapter or "")
+        if task.model != adapter.model:
             raise request_error(
                 422, "model", f"adapter {adapter.id} belongs to model {adapter.model!r}"
             )
-        check_query_count(request.query, self.limits)
-        check_work(0, 0, len(request.query), self.limits)
-        model = self.registry.get(adapter.model)
-        if request.top_k is not None and request.top_k < 1:
-            raise request_error(422, "top_k", f"{request.top_k} must be at least 1")
-        query_x = decode_queries(request.query, model, self.limits)
-        empty = np.zeros((0, *query_x.shape[1:]), dtype=np.float32)
-        top_k = None if request.top_k is None else min(request.top_k, len(adapter.labels))
-        return Task(
-            adapter.model,
+        task.task, task.steps, task.lr, task.labels = (
             adapter.task,
             adapter.steps,
             adapter.lr,
-            top_k,
             adapter.labels,
-            empty,
-            np.zeros((0,), dtype=np.int64),
-            query_x,
-            kind="adapter",
-            adapter=adapter.id,
         )
+        if task.top_k is not None:
+            task.top_k = min(task.top_k, len(adapter.labels))
+        return task
 
     def batch(self, inputs: list[Task]) -> list[Task]:
         return list(inputs)

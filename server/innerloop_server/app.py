@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections import OrderedDict
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -42,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from innerloop_server import logs
 from innerloop_server.api import ADAPT_PATH, API_PATH, InnerloopAPI
-from innerloop_server.decoding import Task, decode_request
+from innerloop_server.decoding import Task, decode_adapter_queries, decode_request
 from innerloop_server.errors import document_errors, validation_detail
 from innerloop_server.limits import Limits
 from innerloop_server.metrics import cleanup, enable_multiprocess, render
@@ -183,6 +184,25 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
     return server
 
 
+class AdapterModels:
+    """Adapter id -> model name, for the adapters this HTTP process has handed out, so that a
+    predict with an adapter is decoded here (off the worker) for the right model. Bounded; an
+    id it forgot, or never saw, is decoded by the worker as before."""
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self.capacity = capacity
+        self._models: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, adapter: str, model: str) -> None:
+        self._models[adapter] = model
+        self._models.move_to_end(adapter)
+        while len(self._models) > self.capacity:
+            self._models.popitem(last=False)
+
+    def get(self, adapter: str) -> str | None:
+        return self._models.get(adapter)
+
+
 def _route_through_decoding(
     server: ls.LitServer, api: InnerloopAPI, registry: Registry, limits: Limits
 ) -> None:
@@ -198,25 +218,36 @@ def _route_through_decoding(
 
     ``/v1/adapt`` is fed to the /v1/predict worker queue so the adapters it makes live in the
     very worker that later predicts with them (LitServe gives every api_path its own workers).
-    Requests that use an ``adapter`` are decoded in the worker, where the adapter (and so its
-    model) is known.
+    A predict with an ``adapter`` is decoded here too, for the model this process saw the
+    adapter made for (:class:`AdapterModels`); the worker, which holds the adapter, binds it to
+    its labels and loop. An adapter this process never saw is decoded in the worker.
     """
     handler = RegularRequestHandler(api, server)
+    adapter_models = AdapterModels()
 
     async def submit(task: Task) -> Any:
         return await handler.handle_request(task, Task)
 
     async def predict(request: PredictRequest) -> PredictResponse:
         if request.adapter is not None:
-            response: PredictResponse = await handler.handle_request(request, PredictRequest)
-            return response
+            model = adapter_models.get(request.adapter)
+            if model is None:  # made before a restart of this process: the worker decodes
+                response: PredictResponse = await handler.handle_request(request, PredictRequest)
+                return response
+            task = await run_in_threadpool(
+                decode_adapter_queries, request, registry.get(model), limits
+            )
+            with_adapter: PredictResponse = await submit(task)
+            return with_adapter
         task = await run_in_threadpool(decode_request, request, registry, limits)
         answer: PredictResponse = await submit(task)
         return answer
 
     async def adapt(request: AdaptRequest) -> AdaptResponse:
         task = await run_in_threadpool(decode_request, request, registry, limits)
-        response: AdaptResponse = await submit(task)
+        response: Any = await submit(task)  # the worker's encoded dict, validated on return
+        answer = response if isinstance(response, dict) else response.model_dump()
+        adapter_models.remember(answer["adapter"], answer["model"])
         return response
 
     app = server.app

@@ -179,6 +179,42 @@ def decode_queries(
     )
 
 
+def decode_adapter_queries(request: PredictRequest, model: Model, limits: Limits) -> Task:
+    """``predict`` with ``adapter``: the queries only, for ``model`` (the adapter's).
+
+    The adapter's labels, loop and task kind are filled in by the worker that holds it
+    (``InnerloopAPI._bind_adapter``); this part needs only the model, so it runs wherever the
+    model is known, the HTTP process included.
+    """
+    for name in ("support", "steps", "lr"):
+        if getattr(request, name) is not None:
+            raise request_error(
+                422, name, "must be omitted with `adapter` (the adapter already fixed it)"
+            )
+    if request.model is not None and request.model != model.name:
+        raise request_error(
+            422, "model", f"adapter {request.adapter} belongs to model {model.name!r}"
+        )
+    check_query_count(request.query, limits)
+    check_work(0, 0, len(request.query), limits)
+    if request.top_k is not None and request.top_k < 1:
+        raise request_error(422, "top_k", f"{request.top_k} must be at least 1")
+    query_x = decode_queries(request.query, model, limits)
+    return Task(
+        model.name,
+        "",  # bound from the adapter by the worker
+        0,
+        0.0,
+        request.top_k,
+        [],
+        np.zeros((0, *query_x.shape[1:]), dtype=np.float32),
+        np.zeros((0,), dtype=np.int64),
+        query_x,
+        kind="adapter",
+        adapter=request.adapter,
+    )
+
+
 def check_work(support: int, steps: int, query: int, limits: Limits) -> None:
     """413 when ``support x max(steps, 1) + query`` exceeds ``max_work``, naming what to lower."""
     work = limits.work(support, steps, query)
