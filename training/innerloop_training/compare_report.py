@@ -115,8 +115,8 @@ def readme_block(
         f"drawings per character, {s['test_steps']} steps of {s['inner_optimizer']} "
         f"(lr {s['inner_lr']}). {report.get('runs', 1)} processes side by side, "
         f"{float(report['total_seconds']) / 60:.0f} min wall, "
-        f"{float(report.get('cpu_seconds', report['total_seconds'])) / 60:.0f} min of one core "
-        "each.",
+        f"{float(report.get('cpu_seconds', report['total_seconds'])) / 60:.0f} core-minutes in "
+        "all.",
         *(
             [
                 "",
