@@ -177,3 +177,18 @@ def test_the_response_says_how_many_steps_ran(client: httpx.Client) -> None:
     assert 1 <= adaptation["steps"] < 40
     full = post(client, "/v1/predict", {**body, "model": "omniglot-head"})["adaptation"]
     assert full["steps"] == full["max_steps"] == 40
+
+
+def test_two_workers_refuse_adapters_with_a_409_and_still_predict(tmp_path: Path) -> None:
+    """Each worker keeps its own adapters and LitServe hands requests to any worker, so with
+    two workers an adapter would be found only by chance: adapting is refused, predicting is not."""
+    folder = make_checkpoints(tmp_path / "checkpoints")
+    with (
+        running(folder, tmp_path / "server.log", "--workers", "2", "--threads", "1") as two,
+        http_client(two) as client,
+    ):
+        body = image_request(3, 1, 2, seed=5, model="omniglot")
+        response = client.post("/v1/adapt", json={"model": "omniglot", "support": body["support"]})
+        assert response.status_code == 409
+        assert "--workers 1" in response.json()["detail"]
+        assert client.post("/v1/predict", json=body).status_code == 200

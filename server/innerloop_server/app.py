@@ -44,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from innerloop_server import logs
 from innerloop_server.api import ADAPT_PATH, API_PATH, InnerloopAPI
 from innerloop_server.decoding import Task, decode_adapter_queries, decode_request
-from innerloop_server.errors import document_errors, validation_detail
+from innerloop_server.errors import document_errors, request_error, validation_detail
 from innerloop_server.limits import Limits
 from innerloop_server.metrics import cleanup, enable_multiprocess, render
 from innerloop_server.middleware import (
@@ -135,7 +135,8 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         ],
     }
 
-    _route_through_decoding(server, api, registry, config.limits)
+    devices = torch.cuda.device_count() if accelerator == "cuda" else 1
+    _route_through_decoding(server, api, registry, config.limits, devices * config.workers)
 
     @app.get("/v1/models", tags=["models"], summary="Cards of the models this server serves")
     async def list_models() -> dict[str, Any]:
@@ -204,7 +205,7 @@ class AdapterModels:
 
 
 def _route_through_decoding(
-    server: ls.LitServer, api: InnerloopAPI, registry: Registry, limits: Limits
+    server: ls.LitServer, api: InnerloopAPI, registry: Registry, limits: Limits, workers: int = 1
 ) -> None:
     """``POST /v1/predict`` and ``POST /v1/adapt`` decode in the HTTP process, then queue.
 
@@ -244,6 +245,16 @@ def _route_through_decoding(
         return answer
 
     async def adapt(request: AdaptRequest) -> AdaptResponse:
+        if workers > 1:
+            # each worker keeps its own adapters and LitServe hands a request to any worker,
+            # so a later predict would find the adapter only by chance
+            raise request_error(
+                409,
+                "adapter",
+                f"this server runs {workers} inference workers, each with its own adapter "
+                "cache; adapters need one worker (innerloop serve --workers 1, one device). "
+                "POST /v1/predict with the support set instead",
+            )
         task = await run_in_threadpool(decode_request, request, registry, limits)
         response: Any = await submit(task)  # the worker's encoded dict, validated on return
         answer = response if isinstance(response, dict) else response.model_dump()

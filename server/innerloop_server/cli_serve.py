@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="inference worker processes per device (default: %(default)s)",
+        help="inference worker processes per device (default: %(default)s); adapters "
+        "(POST /v1/adapt) need a single worker in all, since each worker keeps its own",
     )
     parser.add_argument(
         "--threads",
