@@ -233,13 +233,13 @@ def document_errors(app: Any) -> None:
                 if "requestBody" in operation:
                     for status, description in _BODY_ERRORS.items():
                         responses[status] = {"description": description, "content": _ERROR_REF}
+                    responses["503"]["headers"] = {
+                        "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}
+                    }
                 if path == "/v1/adapt":
                     responses["409"] = {
                         "description": "Adapters need a single inference worker (--workers 1)",
                         "content": _ERROR_REF,
-                    }
-                    responses["503"]["headers"] = {
-                        "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}
                     }
         app.openapi_schema = schema
         return schema
