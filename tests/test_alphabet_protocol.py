@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -121,9 +122,9 @@ def test_area_under_curve() -> None:
     assert area_under_curve([0], [0.3]) == pytest.approx(0.3)
 
 
-def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
-    config = ProtocolConfig(
-        pretrain_alphabets=(1, 2),
+def tiny_config(**overrides: Any) -> ProtocolConfig:
+    """A comparison of every method that runs in seconds on synthetic alphabets."""
+    settings: dict[str, Any] = dict(
         test_alphabets=2,
         characters=3,
         holdout=1,
@@ -140,6 +141,11 @@ def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
         warp_store_every=1,
         inner_lr=0.01,
     )
+    return ProtocolConfig(**{**settings, **overrides})
+
+
+def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
+    config = tiny_config(pretrain_alphabets=(1, 2))
     config = replace(config, augmentation=Augmentation(rotation=10, translate=0.1))
     report = run_comparison(
         config,
@@ -190,24 +196,7 @@ def test_confidence_intervals() -> None:
 def test_tiny_comparison_on_cuda_matches_cpu(tmp_path: Path) -> None:
     """``innerloop compare --device cuda``: every method runs on the GPU and ``no`` (nothing
     trained, the same init and test tasks) scores what it scores on the CPU."""
-    config = ProtocolConfig(
-        pretrain_alphabets=(1,),
-        test_alphabets=2,
-        characters=3,
-        holdout=1,
-        shots=2,
-        queries=1,
-        image_size=16,
-        filters=8,
-        inner_steps=2,
-        maml_steps=1,
-        test_steps=2,
-        meta_steps=1,
-        meta_batch=2,
-        warp_batch=2,
-        warp_store_every=1,
-        inner_lr=0.01,
-    )
+    config = tiny_config(pretrain_alphabets=(1,))
     runs = {
         device: run_comparison(
             config,
