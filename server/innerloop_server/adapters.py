@@ -1,4 +1,4 @@
-"""Adapt once, predict many: adapted parameters kept per worker, bounded in bytes.
+"""Adapt once, predict many: adapted parameters kept in one cache, bounded in bytes.
 
 ``POST /v1/adapt`` runs the inner loop on a support set and keeps the result under an id that is
 a content hash of (model, decoded support, labels, steps, lr): the same call always gives the
@@ -9,7 +9,8 @@ not kept. Predicting with an unknown or evicted id is a 404 that says to adapt a
 
 Only what the inner loop moved is kept (the adapted tensors plus the task's head), so an
 adapter of a ``head``-scope model costs a few KB and one of an ``all``-scope Conv4 ~0.5 MB.
-The cache lives in the inference worker: with ``--workers`` above 1, each worker has its own.
+The cache lives in the HTTP process (:mod:`innerloop_server.adapter_store`), one for all
+workers.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@
 - ``encode_response``: the JSON response, with ``top_k``.
 
 Runs inside the inference workers (spawned processes) under
-:class:`~innerloop_server.loop.IsolatingBatchLoop`.
+:class:`~innerloop_server.loop.IsolatingBatchLoop`. Adapters are not kept here: an adapt answer
+carries its adapted tensors back to the HTTP process, which keeps them and answers predicts
+with them (:mod:`innerloop_server.adapter_store`).
 """
 
 # No ``from __future__ import annotations`` here: LitServe reads decode_request's and
@@ -25,24 +27,25 @@ from pathlib import Path
 from typing import Any
 
 import litserve as ls
-import numpy as np
 import torch
 
 from innerloop_server import logs
-from innerloop_server.adapters import Adapter, AdapterCache, adapter_id
-from innerloop_server.batching import Result, groups, predict_with_adapter, run_group
-from innerloop_server.decoding import Task, decode_adapter_queries, decode_request
-from innerloop_server.errors import refuse_non_finite, request_error
+from innerloop_server.adapter_store import ADAPTED_PARAMS_KEY, adapted_params_payload
+from innerloop_server.adapters import adapter_id
+from innerloop_server.batching import Result, groups, run_group
+from innerloop_server.decoding import Task, decode_request
+from innerloop_server.errors import request_error
 from innerloop_server.limits import Limits
 from innerloop_server.loop import IsolatingBatchLoop
 from innerloop_server.metrics import metrics
 from innerloop_server.registry import Registry
+from innerloop_server.responses import encode_answer
 from innerloop_server.schemas import PredictRequest, PredictResponse
 
 log = logging.getLogger(logs.LOGGER_NAME)
 
 API_PATH = "/v1/predict"
-ADAPT_PATH = "/v1/adapt"  # served by the same workers (see app.py): adapters live there
+ADAPT_PATH = "/v1/adapt"  # fed to the same workers (see app.py)
 
 
 @dataclass
@@ -79,7 +82,6 @@ class InnerloopAPI(ls.LitAPI):
         self.threads = threads
         self.registry = Registry()
         self.torch_device = torch.device("cpu")
-        self.adapters = AdapterCache(limits.max_adapter_cache_bytes)
 
     # FastAPI-facing auth hook: the API key is enforced by ApiKeyMiddleware for every path, so
     # LitServe's own LIT_SERVER_API_KEY check (which would also lock /health) is disabled here.
@@ -105,48 +107,16 @@ class InnerloopAPI(ls.LitAPI):
 
     def decode_request(self, request: PredictRequest, **kwargs: Any) -> Task:
         # the HTTP process decodes (app._route_through_decoding) and sends a Task; a predict
-        # with an adapter arrives with its queries decoded but not yet bound to the adapter
-        # (only this worker holds adapters), or as it was sent when the HTTP process did not
-        # know the adapter's model
+        # with an adapter never reaches a worker (the HTTP process answers it)
         if isinstance(request, Task):
-            return self._bind_adapter(request) if request.kind == "adapter" else request
-        started = time.perf_counter()
+            return request
         if isinstance(request, PredictRequest) and request.adapter is not None:
-            adapter = self._adapter(request.adapter)
-            task = self._bind_adapter(
-                decode_adapter_queries(request, self.registry.get(adapter.model), self.limits)
+            raise request_error(
+                422, "adapter", "predictions with an adapter are answered by the HTTP process"
             )
-        else:
-            task = decode_request(request, self.registry, self.limits)
+        started = time.perf_counter()
+        task = decode_request(request, self.registry, self.limits)
         task.decode_ms = (time.perf_counter() - started) * 1000.0
-        return task
-
-    def _adapter(self, adapter_id: str) -> Adapter:
-        adapter = self.adapters.get(adapter_id)
-        if adapter is None:
-            raise request_error(
-                404,
-                "adapter",
-                f"{adapter_id!r} is unknown or was evicted from the adapter cache; "
-                "POST /v1/adapt again (the same support gives the same id)",
-            )
-        return adapter
-
-    def _bind_adapter(self, task: Task) -> Task:
-        """Give a decoded adapter predict its adapter's labels, loop and task kind."""
-        adapter = self._adapter(task.adapter or "")
-        if task.model != adapter.model:
-            raise request_error(
-                422, "model", f"adapter {adapter.id} belongs to model {adapter.model!r}"
-            )
-        task.task, task.steps, task.lr, task.labels = (
-            adapter.task,
-            adapter.steps,
-            adapter.lr,
-            adapter.labels,
-        )
-        if task.top_k is not None:
-            task.top_k = min(task.top_k, len(adapter.labels))
         return task
 
     def batch(self, inputs: list[Task]) -> list[Task]:
@@ -160,13 +130,12 @@ class InnerloopAPI(ls.LitAPI):
             group = [tasks[i] for i in indices]
             model = self.registry.get(group[0].model)
             try:
-                answers: Sequence[Result | Exception] = (
-                    [self._predict_with_adapter(t) for t in group]
-                    if group[0].kind == "adapter"
-                    else run_group(model.learner, group, self.torch_device)
+                answers: Sequence[Result | Exception] = run_group(
+                    model.learner, group, self.torch_device
                 )
                 if group[0].kind == "adapt":
-                    self._keep_adapters(group, answers)
+                    for task in group:
+                        task.adapter = adapter_id(task)
             except Exception as error:
                 log.exception(
                     "adapt_and_predict failed for %d requests of model %s", len(group), model.name
@@ -186,90 +155,15 @@ class InnerloopAPI(ls.LitAPI):
         )
         return [r if r is not None else RuntimeError("no result") for r in results]
 
-    def _predict_with_adapter(self, task: Task) -> Result | Exception:
-        adapter = self.adapters.get(task.adapter or "")
-        if adapter is None:  # evicted between decoding and now by an adapt in this batch
-            return request_error(
-                404, "adapter", f"{task.adapter!r} was evicted; POST /v1/adapt again"
-            )
-        started = time.perf_counter()
-        learner = self.registry.get(task.model).learner
-        outputs = predict_with_adapter(learner, task, adapter.params, self.torch_device)
-        ms = (time.perf_counter() - started) * 1000.0
-        return Result(
-            outputs, adapter.loss_before, adapter.loss_after, ms, 1, ms, steps_run=adapter.steps_run
-        )
-
-    def _keep_adapters(self, group: list[Task], answers: Sequence[Result | Exception]) -> None:
-        for task, answer in zip(group, answers, strict=True):
-            if not isinstance(answer, Result) or answer.params is None:
-                continue
-            task.adapter = adapter_id(task)
-            self.adapters.put(
-                Adapter(
-                    task.adapter,
-                    task.model,
-                    task.task,
-                    task.labels,
-                    task.steps,
-                    task.lr,
-                    answer.params,
-                    answer.loss_before,
-                    answer.loss_after,
-                    answer.ms,
-                    answer.steps_run,
-                )
-            )
-
     def unbatch(self, output: list[Answer | Exception]) -> list[Answer | Exception]:
         return output
 
     def encode_response(self, output: Answer, **kwargs: Any) -> PredictResponse:
         task, result = output.task, output.result
-        refuse_non_finite(
-            result.outputs, [result.loss_before, result.loss_after], task.steps, task.lr
-        )
-        adaptation = {
-            "steps": task.steps if result.steps_run is None else result.steps_run,
-            "max_steps": task.steps,
-            "lr": task.lr,
-            "support_loss": [result.loss_before, result.loss_after],
-            "ms": round(result.ms, 3),
-            "batch_size": result.batch_size,
-            "batch_ms": round(result.batch_ms, 3),
-            "scope": self.registry.get(task.model).learner.scope,
-            "adapter": task.adapter,
-        }
-        if task.kind == "adapt":
-            adapted = {
-                "model": task.model,
-                "task": task.task,
-                "adapter": task.adapter,
-                "labels": task.labels,
-                "adaptation": adaptation,
-            }
-            return adapted  # type: ignore[return-value]  # validated as AdaptResponse
-        predictions: list[dict[str, Any]] = []
-        if task.task == "classification":
-            ways = len(task.labels)
-            k = min(task.top_k or ways, ways)
-            for row in result.outputs:
-                # stable sort: ties go to the canonical class order, never to label names
-                order = np.argsort(-row, kind="stable")[:k]
-                predictions.append(
-                    {
-                        "label": task.labels[int(order[0])],
-                        "scores": {str(task.labels[int(j)]): float(row[j]) for j in order},
-                    }
-                )
-        else:
-            predictions = [{"y": [float(v) for v in row]} for row in result.outputs]
-        response = {
-            "model": task.model,
-            "task": task.task,
-            "predictions": predictions,
-            "adaptation": adaptation,
-        }
+        response = encode_answer(task, result, self.registry.get(task.model).learner.scope)
+        if task.kind == "adapt" and result.params is not None:
+            # for the HTTP process's adapter store, which strips it (adapter_store.py)
+            response[ADAPTED_PARAMS_KEY] = adapted_params_payload(result.params)
         return response  # type: ignore[return-value]  # FastAPI validates it as PredictResponse
 
     @staticmethod

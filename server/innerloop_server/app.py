@@ -3,7 +3,8 @@
 Routes:
 
 - ``POST /v1/predict``: adapt and predict (:mod:`innerloop_server.api`), or predict with an
-  adapter from ``POST /v1/adapt`` (adapt once, predict many), which the same workers serve;
+  adapter from ``POST /v1/adapt`` (adapt once, predict many): the workers adapt, the HTTP process
+  keeps the adapters and answers their predicts (:mod:`innerloop_server.adapter_store`);
 - ``GET /v1/models``: the served models' cards (:func:`~innerloop_server.registry.summarize_card`);
 - ``GET /health``: 200 ``ok`` once every worker has loaded its models (open even with an API key);
 - ``GET /metrics``: Prometheus text, summed over the HTTP and worker processes;
@@ -25,7 +26,6 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections import OrderedDict
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -42,9 +42,10 @@ from litserve.server import RegularRequestHandler
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from innerloop_server import logs
+from innerloop_server.adapter_store import AdapterStore
 from innerloop_server.api import ADAPT_PATH, API_PATH, InnerloopAPI
-from innerloop_server.decoding import Task, decode_adapter_queries, decode_request
-from innerloop_server.errors import document_errors, request_error, validation_detail
+from innerloop_server.decoding import Task, decode_request
+from innerloop_server.errors import document_errors, validation_detail
 from innerloop_server.limits import Limits
 from innerloop_server.metrics import cleanup, enable_multiprocess, render
 from innerloop_server.middleware import (
@@ -135,8 +136,7 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
         ],
     }
 
-    devices = torch.cuda.device_count() if accelerator == "cuda" else 1
-    _route_through_decoding(server, api, registry, config.limits, devices * config.workers)
+    _route_through_decoding(server, api, registry, config.limits)
 
     @app.get("/v1/models", tags=["models"], summary="Cards of the models this server serves")
     async def list_models() -> dict[str, Any]:
@@ -185,27 +185,8 @@ def build_server(registry: Registry, config: ServerConfig) -> ls.LitServer:
     return server
 
 
-class AdapterModels:
-    """Adapter id -> model name, for the adapters this HTTP process has handed out, so that a
-    predict with an adapter is decoded here (off the worker) for the right model. Bounded; an
-    id it forgot, or never saw, is decoded by the worker as before."""
-
-    def __init__(self, capacity: int = 65536) -> None:
-        self.capacity = capacity
-        self._models: OrderedDict[str, str] = OrderedDict()
-
-    def remember(self, adapter: str, model: str) -> None:
-        self._models[adapter] = model
-        self._models.move_to_end(adapter)
-        while len(self._models) > self.capacity:
-            self._models.popitem(last=False)
-
-    def get(self, adapter: str) -> str | None:
-        return self._models.get(adapter)
-
-
 def _route_through_decoding(
-    server: ls.LitServer, api: InnerloopAPI, registry: Registry, limits: Limits, workers: int = 1
+    server: ls.LitServer, api: InnerloopAPI, registry: Registry, limits: Limits
 ) -> None:
     """``POST /v1/predict`` and ``POST /v1/adapt`` decode in the HTTP process, then queue.
 
@@ -217,49 +198,32 @@ def _route_through_decoding(
     decoding overlaps the worker's adaptation and a bad image is refused before it is queued.
     The worker's ``decode_request`` passes a ``Task`` through.
 
-    ``/v1/adapt`` is fed to the /v1/predict worker queue so the adapters it makes live in the
-    very worker that later predicts with them (LitServe gives every api_path its own workers).
-    A predict with an ``adapter`` is decoded here too, for the model this process saw the
-    adapter made for (:class:`AdapterModels`); the worker, which holds the adapter, binds it to
-    its labels and loop. An adapter this process never saw is decoded in the worker.
+    ``/v1/adapt`` is fed to the /v1/predict worker queue (LitServe gives every api_path its own
+    workers); the answer brings the adapted tensors back, and this process keeps them
+    (:class:`~innerloop_server.adapter_store.AdapterStore`) and answers a predict with an
+    ``adapter`` itself, in a thread: one forward pass, no queue, and one set of adapters
+    whatever the number of workers.
     """
     handler = RegularRequestHandler(api, server)
-    adapter_models = AdapterModels()
+    store = AdapterStore(registry, limits)
 
     async def submit(task: Task) -> Any:
         return await handler.handle_request(task, Task)
 
     async def predict(request: PredictRequest) -> PredictResponse:
         if request.adapter is not None:
-            model = adapter_models.get(request.adapter)
-            if model is None:  # made before a restart of this process: the worker decodes
-                response: PredictResponse = await handler.handle_request(request, PredictRequest)
-                return response
-            task = await run_in_threadpool(
-                decode_adapter_queries, request, registry.get(model), limits
-            )
-            with_adapter: PredictResponse = await submit(task)
-            return with_adapter
+            with_adapter: Any = await run_in_threadpool(store.predict, request)
+            return with_adapter  # the encoded dict, validated as PredictResponse
         task = await run_in_threadpool(decode_request, request, registry, limits)
         answer: PredictResponse = await submit(task)
         return answer
 
     async def adapt(request: AdaptRequest) -> AdaptResponse:
-        if workers > 1:
-            # each worker keeps its own adapters and LitServe hands a request to any worker,
-            # so a later predict would find the adapter only by chance
-            raise request_error(
-                409,
-                "adapter",
-                f"this server runs {workers} inference workers, each with its own adapter "
-                "cache; adapters need one worker (innerloop serve --workers 1, one device). "
-                "POST /v1/predict with the support set instead",
-            )
         task = await run_in_threadpool(decode_request, request, registry, limits)
         response: Any = await submit(task)  # the worker's encoded dict, validated on return
         answer = response if isinstance(response, dict) else response.model_dump()
-        adapter_models.remember(answer["adapter"], answer["model"])
-        return response
+        kept: AdaptResponse = store.keep(answer)  # type: ignore[assignment]
+        return kept
 
     app = server.app
     app.router.routes = [

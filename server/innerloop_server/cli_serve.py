@@ -92,8 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="inference worker processes per device (default: %(default)s); adapters "
-        "(POST /v1/adapt) need a single worker in all, since each worker keeps its own",
+        help="inference worker processes per device (default: %(default)s)",
     )
     parser.add_argument(
         "--threads",

@@ -182,9 +182,8 @@ def decode_queries(
 def decode_adapter_queries(request: PredictRequest, model: Model, limits: Limits) -> Task:
     """``predict`` with ``adapter``: the queries only, for ``model`` (the adapter's).
 
-    The adapter's labels, loop and task kind are filled in by the worker that holds it
-    (``InnerloopAPI._bind_adapter``); this part needs only the model, so it runs wherever the
-    model is known, the HTTP process included.
+    The adapter's labels, loop and task kind are filled in from the adapter
+    (``AdapterStore.predict``); this part needs only the model.
     """
     for name in ("support", "steps", "lr"):
         if getattr(request, name) is not None:

@@ -236,11 +236,6 @@ def document_errors(app: Any) -> None:
                     responses["503"]["headers"] = {
                         "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}
                     }
-                if path == "/v1/adapt":
-                    responses["409"] = {
-                        "description": "Adapters need a single inference worker (--workers 1)",
-                        "content": _ERROR_REF,
-                    }
         app.openapi_schema = schema
         return schema
 

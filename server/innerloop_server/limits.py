@@ -52,8 +52,9 @@ class Limits:
     max_in_flight: int = 128
     """Most /v1/predict requests being served at once (all HTTP processes); more get 503."""
     max_adapter_cache_bytes: int = 64 * MiB
-    """Bytes of adapted parameters kept for ``/v1/adapt`` adapters (per worker); the least
-    recently used adapter is evicted first, and predicting with it is then a 404."""
+    """Bytes of adapted parameters kept for ``/v1/adapt`` adapters (by the HTTP process, for
+    all workers); the least recently used adapter is evicted first, and predicting with it is
+    then a 404."""
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -85,8 +86,8 @@ _HELP = {
     "max_work": "most work per request: support items x max(steps, 1) + query items (413 above)",
     "max_label_chars": "longest string label (422 above)",
     "max_in_flight": "most /v1/predict requests served at once; more get 503 + Retry-After",
-    "max_adapter_cache_bytes": "bytes of adapted parameters kept per worker for /v1/adapt "
-    "adapters; least recently used evicted first (then 404: adapt again)",
+    "max_adapter_cache_bytes": "bytes of adapted parameters kept for /v1/adapt adapters (one "
+    "cache for all workers); least recently used evicted first (then 404: adapt again)",
 }
 
 

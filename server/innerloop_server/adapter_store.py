@@ -1,0 +1,122 @@
+"""Adapters held and served by the HTTP process: adapt in a worker, predict without one.
+
+A predict with an adapter runs no inner loop: it is one forward pass of a few queries. Sending
+it through LitServe's worker queue cost more than the forward itself (two inter-process queue
+hops, ~4 ms of a 12.7 ms answer on 2 cores), and each worker kept its own adapters, so a server
+with several workers found an adapter only when LitServe happened to pick the worker that made
+it. So the worker that adapts sends the adapted tensors back with its answer (under
+:data:`ADAPTED_PARAMS_KEY`, stripped before the client sees it), and the HTTP process keeps them
+in one byte-bounded cache and answers adapter predicts itself, in a thread, with the same
+``Learner.predict_adapted`` the worker would have run, on the CPU copy of the model it already
+holds for decoding. Any number of workers now share one set of adapters.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from innerloop_server.adapters import Adapter, AdapterCache
+from innerloop_server.batching import Result, predict_with_adapter
+from innerloop_server.decoding import decode_adapter_queries
+from innerloop_server.errors import request_error
+from innerloop_server.limits import Limits
+from innerloop_server.metrics import metrics
+from innerloop_server.registry import Registry
+from innerloop_server.responses import encode_answer
+from innerloop_server.schemas import PredictRequest
+
+ADAPTED_PARAMS_KEY = "_adapted_params"  # worker -> HTTP process only; never in a response
+
+
+def adapted_params_payload(params: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The worker's adapted tensors as host arrays: they cross a process boundary by pickle."""
+    return {k: v.detach().cpu().numpy() for k, v in params.items()}
+
+
+class AdapterStore:
+    """The HTTP process's adapters: kept from adapt answers, used by adapter predicts.
+
+    ``threads`` is the torch thread count for these forwards. One by default: they run in the
+    HTTP process's thread pool, many at once under load, beside the event loop and decoding, and
+    this process was forked by LitServe after the parent had used torch (GNU OpenMP is not safe
+    to re-enter after a fork, one thread never enters it).
+    """
+
+    def __init__(self, registry: Registry, limits: Limits, threads: int = 1) -> None:
+        self.registry = registry
+        self.limits = limits
+        self.threads = threads
+        self.cache = AdapterCache(limits.max_adapter_cache_bytes)
+        self._lock = threading.Lock()
+        self._threads_set = False
+
+    def keep(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """Cache the adapter of a worker's adapt answer; return the answer without its tensors."""
+        answer = dict(answer)
+        params = answer.pop(ADAPTED_PARAMS_KEY, None)
+        if params is None:
+            return answer
+        adaptation = answer["adaptation"]
+        before, after = adaptation["support_loss"]
+        adapter = Adapter(
+            answer["adapter"],
+            answer["model"],
+            answer["task"],
+            list(answer["labels"]),
+            int(adaptation["max_steps"]),
+            float(adaptation["lr"]),
+            {k: torch.from_numpy(np.asarray(v)) for k, v in params.items()},
+            float(before),
+            float(after),
+            float(adaptation["ms"]),
+            int(adaptation["steps"]),
+        )
+        with self._lock:
+            self.cache.put(adapter)
+        return answer
+
+    def adapter(self, adapter_id: str) -> Adapter:
+        with self._lock:
+            adapter = self.cache.get(adapter_id)
+        if adapter is None:
+            raise request_error(
+                404,
+                "adapter",
+                f"{adapter_id!r} is unknown or was evicted from the adapter cache; "
+                "POST /v1/adapt again (the same support gives the same id)",
+            )
+        return adapter
+
+    def predict(self, request: PredictRequest) -> dict[str, Any]:
+        """Decode the queries, predict them with the adapter, encode the answer (4xx on error)."""
+        adapter = self.adapter(request.adapter or "")
+        model = self.registry.get(adapter.model)
+        task = decode_adapter_queries(request, model, self.limits)
+        task.task, task.steps, task.lr, task.labels = (
+            adapter.task,
+            adapter.steps,
+            adapter.lr,
+            adapter.labels,
+        )
+        if task.top_k is not None:
+            task.top_k = min(task.top_k, len(adapter.labels))
+        self._use_own_threads()
+        started = time.perf_counter()
+        with torch.no_grad():
+            outputs = predict_with_adapter(model.learner, task, adapter.params, "cpu")
+        ms = (time.perf_counter() - started) * 1000.0
+        result = Result(
+            outputs, adapter.loss_before, adapter.loss_after, ms, 1, ms, steps_run=adapter.steps_run
+        )
+        metrics().queries.labels(model=model.name).inc(len(task.query_x))
+        return encode_answer(task, result, model.learner.scope)
+
+    def _use_own_threads(self) -> None:
+        if not self._threads_set:
+            torch.set_num_threads(self.threads)
+            self._threads_set = True
