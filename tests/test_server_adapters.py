@@ -202,3 +202,36 @@ def test_two_workers_share_one_set_of_adapters(tmp_path: Path) -> None:
                 )
                 for mine, theirs in zip(scores(again), scores(direct), strict=True):
                     assert all(abs(mine[k] - theirs[k]) < 1e-5 for k in mine)
+
+
+@pytest.mark.parametrize("model", SCOPED)  # small adapters: this server keeps few
+def test_concurrent_adapter_predicts_of_mixed_sizes_answer_as_alone(
+    client: httpx.Client, model: str
+) -> None:
+    """Concurrent adapter predicts are combined into shared forwards, padded to the largest
+    head and query count of their pack: each must still get exactly its solo answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shapes = [(3, 2), (5, 7), (2, 1), (4, 5), (5, 3), (3, 6)]  # (ways, queries)
+    bodies = [
+        image_request(w, 1, q, seed=20 + i, model=model, steps=2, lr=0.05)
+        for i, (w, q) in enumerate(shapes)
+    ]
+    ids = [
+        post(client, "/v1/adapt", {k: b[k] for k in ("model", "support", "steps", "lr")})["adapter"]
+        for b in bodies
+    ]
+    requests = [{"adapter": a, "query": b["query"]} for a, b in zip(ids, bodies, strict=True)]
+    alone = [post(client, "/v1/predict", r) for r in requests]
+
+    def burst(_: int) -> list[Any]:
+        return [post(client, "/v1/predict", r) for r in requests]
+
+    with ThreadPoolExecutor(8) as pool:
+        rounds = list(pool.map(burst, range(8)))
+    for answers in rounds:
+        for mine, solo in zip(answers, alone, strict=True):
+            assert len(mine["predictions"]) == len(solo["predictions"])
+            for a, b in zip(scores(mine), scores(solo), strict=True):
+                assert a.keys() == b.keys()
+                assert all(abs(a[k] - b[k]) < 1e-5 for k in a)

@@ -9,20 +9,29 @@ it. So the worker that adapts sends the adapted tensors back with its answer (un
 in one byte-bounded cache and answers adapter predicts itself, in a thread, with the same
 ``Learner.predict_adapted`` the worker would have run, on the CPU copy of the model it already
 holds for decoding. Any number of workers now share one set of adapters.
+
+Concurrent adapter predicts are combined: each request's thread queues its decoded queries,
+and whichever thread holds the forward lock runs every queued request of a model in ONE
+``predict_adapted`` call (the un-adapted prefix once over all their queries), packed so that
+padding never more than doubles the rows, then hands each thread its answer. One forward runs
+at a time, so a burst of requests does not split the cores among dozens of small forwards;
+a lone request runs at once, with no batching delay.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from innerloop_server.adapters import Adapter, AdapterCache
-from innerloop_server.batching import Result, predict_with_adapter
-from innerloop_server.decoding import decode_adapter_queries
+from innerloop_server.batching import MAX_PADDING, Result, predict_with_adapters
+from innerloop_server.decoding import Task, decode_adapter_queries
 from innerloop_server.errors import request_error
 from innerloop_server.limits import Limits
 from innerloop_server.metrics import metrics
@@ -36,6 +45,41 @@ ADAPTED_PARAMS_KEY = "_adapted_params"  # worker -> HTTP process only; never in 
 def adapted_params_payload(params: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The worker's adapted tensors as host arrays: they cross a process boundary by pickle."""
     return {k: v.detach().cpu().numpy() for k, v in params.items()}
+
+
+@dataclass
+class _Job:
+    """One adapter predict waiting for (or done by) a combined forward."""
+
+    task: Task
+    adapter: Adapter
+    done: threading.Event = field(default_factory=threading.Event)
+    outputs: np.ndarray | None = None
+    error: BaseException | None = None
+    ms: float = 0.0
+    batch_size: int = 1
+    batch_ms: float = 0.0
+
+
+def _packs(jobs: list[_Job], max_padding: float = MAX_PADDING) -> list[list[_Job]]:
+    """Jobs that can share one call: same model, and padded query rows at most ``max_padding``
+    times the real ones (a 1,000-query request never pads 31 five-query ones to 1,000)."""
+    by_model: dict[str, list[_Job]] = defaultdict(list)
+    for job in jobs:
+        by_model[job.adapter.model].append(job)
+    packs: list[list[_Job]] = []
+    for same in by_model.values():
+        current: list[_Job] = []
+        rows = 0
+        for job in sorted(same, key=lambda j: len(j.task.query_x)):
+            size = max(len(job.task.query_x), 1)
+            if current and (len(current) + 1) * size > max_padding * (rows + size):
+                packs.append(current)
+                current, rows = [], 0
+            current.append(job)
+            rows += size
+        packs.append(current)
+    return packs
 
 
 class AdapterStore:
@@ -53,6 +97,8 @@ class AdapterStore:
         self.threads = threads
         self.cache = AdapterCache(limits.max_adapter_cache_bytes)
         self._lock = threading.Lock()
+        self._forward_lock = threading.Lock()
+        self._pending: list[_Job] = []
         self._threads_set = False
 
     def keep(self, answer: dict[str, Any]) -> dict[str, Any]:
@@ -105,16 +151,54 @@ class AdapterStore:
         )
         if task.top_k is not None:
             task.top_k = min(task.top_k, len(adapter.labels))
-        self._use_own_threads()
-        started = time.perf_counter()
-        with torch.no_grad():
-            outputs = predict_with_adapter(model.learner, task, adapter.params, "cpu")
-        ms = (time.perf_counter() - started) * 1000.0
+        job = _Job(task, adapter)
+        with self._lock:
+            self._pending.append(job)
+        while not job.done.is_set():
+            with self._forward_lock:
+                if job.done.is_set():  # another thread's combined forward answered it
+                    break
+                with self._lock:
+                    jobs, self._pending = self._pending, []
+                self._run(jobs)  # includes this job: only a forward-lock holder drains
+        if job.error is not None:
+            raise job.error
+        assert job.outputs is not None
         result = Result(
-            outputs, adapter.loss_before, adapter.loss_after, ms, 1, ms, steps_run=adapter.steps_run
+            job.outputs,
+            adapter.loss_before,
+            adapter.loss_after,
+            job.ms,
+            job.batch_size,
+            job.batch_ms,
+            steps_run=adapter.steps_run,
         )
         metrics().queries.labels(model=model.name).inc(len(task.query_x))
         return encode_answer(task, result, model.learner.scope)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """One ``predict_adapted`` call per pack of ``jobs``; every job ends done."""
+        self._use_own_threads()
+        for pack in _packs(jobs):
+            started = time.perf_counter()
+            try:
+                learner = self.registry.get(pack[0].adapter.model).learner
+                with torch.no_grad():
+                    outputs = predict_with_adapters(
+                        learner, [j.task for j in pack], [j.adapter.params for j in pack], "cpu"
+                    )
+                batch_ms = (time.perf_counter() - started) * 1000.0
+                rows = [max(len(j.task.query_x), 1) for j in pack]
+                for job, out, row in zip(pack, outputs, rows, strict=True):
+                    job.outputs = out
+                    job.ms = batch_ms * row / sum(rows)
+                    job.batch_size, job.batch_ms = len(pack), batch_ms
+            except Exception as error:  # fails this pack's requests only
+                for job in pack:
+                    job.error = error
+            finally:
+                for job in pack:
+                    job.done.set()
 
     def _use_own_threads(self) -> None:
         if not self._threads_set:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from innerloop.learner import Learner
 from innerloop_server.decoding import Task
@@ -145,18 +146,35 @@ def run_group(learner: Learner, tasks: Sequence[Task], device: torch.device | st
     return results
 
 
-def predict_with_adapter(
+def predict_with_adapters(
     learner: Learner,
-    task: Task,
-    params: dict[str, torch.Tensor],
+    tasks: Sequence[Task],
+    params: Sequence[dict[str, torch.Tensor]],
     device: torch.device | str,
-) -> np.ndarray:
-    """Probabilities (or outputs) for ``task``'s queries from adapted tensors, no inner loop."""
-    query_x = torch.from_numpy(task.query_x).to(device)[None]
-    ways = max(len(task.labels), 1)
-    mask = torch.ones(1, ways, dtype=torch.bool, device=device)
-    outputs = learner.predict_adapted({k: v[None] for k, v in params.items()}, query_x, mask)
-    return _probabilities(task, outputs[0]).cpu().numpy()
+) -> list[np.ndarray]:
+    """Probabilities (or outputs) for each task's queries from its adapted tensors, no inner
+    loop: ONE ``predict_adapted`` call for all of them (the un-adapted prefix runs once over
+    every query). Heads of fewer ways are padded with masked rows and queries with zeros,
+    exact in the math as in :func:`pad_group`."""
+    count = len(tasks)
+    queries = max(1, max(len(t.query_x) for t in tasks))
+    first = tasks[0]
+    query_x = np.zeros((count, queries, *first.query_x.shape[1:]), dtype=np.float32)
+    for i, task in enumerate(tasks):
+        query_x[i, : len(task.query_x)] = task.query_x
+    classification = first.task == "classification"
+    ways = max(max(len(t.labels) for t in tasks), 1) if classification else 1
+    mask = torch.zeros(count, ways, dtype=torch.bool, device=device)
+    stacked: dict[str, torch.Tensor] = {}
+    for name in params[0]:
+        rows = [p[name] for p in params]
+        if classification and name.startswith("head."):  # [ways, ...] per task: pad the ways
+            rows = [F.pad(r, (0, 0) * (r.dim() - 1) + (0, ways - r.shape[0])) for r in rows]
+        stacked[name] = torch.stack(rows).to(device)
+    for i, task in enumerate(tasks):
+        mask[i, : max(len(task.labels), 1) if classification else 1] = True
+    outputs = learner.predict_adapted(stacked, torch.from_numpy(query_x).to(device), mask)
+    return [_probabilities(task, outputs[i]).cpu().numpy() for i, task in enumerate(tasks)]
 
 
 def _probabilities(task: Task, outputs: torch.Tensor) -> torch.Tensor:
