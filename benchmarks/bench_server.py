@@ -290,7 +290,7 @@ def adapter_bodies(server: Server, bodies: list[bytes], queries: int = 5) -> lis
         request = json.loads(body)
         adapt = {k: v for k, v in request.items() if k != "query"}
         response = httpx.post(server.url + "/v1/adapt", json=adapt, timeout=600)
-        if response.status_code in (404, 405, 409):  # 409: several workers, no adapters
+        if response.status_code in (404, 405, 409):  # 409: older multi-worker servers
             return []
         response.raise_for_status()
         query = request["query"][:queries]
