@@ -20,6 +20,7 @@ a lone request runs at once, with no batching delay.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from innerloop_server import logs
 from innerloop_server.adapters import Adapter, AdapterCache
 from innerloop_server.batching import MAX_PADDING, Result, predict_with_adapters
 from innerloop_server.decoding import Task, decode_adapter_queries
@@ -38,6 +40,8 @@ from innerloop_server.metrics import metrics
 from innerloop_server.registry import Registry
 from innerloop_server.responses import encode_answer
 from innerloop_server.schemas import PredictRequest
+
+log = logging.getLogger(logs.LOGGER_NAME)
 
 ADAPTED_PARAMS_KEY = "_adapted_params"  # worker -> HTTP process only; never in a response
 
@@ -194,6 +198,7 @@ class AdapterStore:
                     job.ms = batch_ms * row / sum(rows)
                     job.batch_size, job.batch_ms = len(pack), batch_ms
             except Exception as error:  # fails this pack's requests only
+                log.exception("adapter predict failed for %d requests", len(pack))
                 for job in pack:
                     job.error = error
             finally:
