@@ -32,6 +32,7 @@ from innerloop.adaptation import (
 )
 from innerloop.models import (
     ArchConfig,
+    apply_layer,
     body_parameters,
     build_body,
     feature_dim,
@@ -222,7 +223,7 @@ class Learner:
             for layer, params in zip(prefix_body, layer_params, strict=True):
                 if x.dim() == 4:
                     x = channels_last(x)
-                x = functional_call(layer, params, (x,))
+                x = apply_layer(layer, params, x)
             return x.contiguous()
 
         def prefix(x: Tensor) -> Tensor:
