@@ -4,7 +4,6 @@ correctly, and a tiny end-to-end comparison writes its table, figure and loadabl
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,7 @@ from innerloop_training.data.omniglot import omniglot_alphabets
 from innerloop.checkpoint import load_checkpoint
 from innerloop.models import is_warp_parameter
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic(

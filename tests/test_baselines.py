@@ -3,7 +3,6 @@ fixed labels, SGD) and refuses tasks without an identity; ``no`` leaves the init
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,7 @@ from innerloop_training.data.registry import default_data_root
 
 from innerloop.cli import main as innerloop_main
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.skipif(default_data_root() is None, reason="shared data folder is absent")

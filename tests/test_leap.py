@@ -8,7 +8,6 @@ trajectory-length formula of Flennerhag et al. (2019) / the ``leap`` package seg
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -26,13 +25,7 @@ from innerloop.models import ArchConfig
 Params = dict[str, torch.Tensor]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: a second thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _forward_backward(p: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[float, Params]:

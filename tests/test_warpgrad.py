@@ -5,7 +5,6 @@ and survive a checkpoint round trip and `innerloop train`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,14 +28,7 @@ from innerloop.cli import main as innerloop_main
 from innerloop.learner import InnerDefaults, Learner
 from innerloop.models import ArchConfig, is_warp_parameter
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: a second thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def image_learner(warp: str, head: str = "proto", steps: int = 3, seed: int = 0) -> Learner:
