@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 
 from innerloop_server import logs
 from innerloop_server.adapters import Adapter, AdapterCache
-from innerloop_server.batching import MAX_PADDING, Result, predict_with_adapters
+from innerloop_server.batching import Result, pack_by_size, predict_with_adapters
 from innerloop_server.decoding import Task, decode_adapter_queries
 from innerloop_server.errors import request_error
 from innerloop_server.limits import Limits
@@ -65,25 +64,12 @@ class _Job:
     batch_ms: float = 0.0
 
 
-def _packs(jobs: list[_Job], max_padding: float = MAX_PADDING) -> list[list[_Job]]:
-    """Jobs that can share one call: same model, and padded query rows at most ``max_padding``
+def _packs(jobs: list[_Job]) -> list[list[_Job]]:
+    """Jobs that can share one call: same model, padded query rows at most ``MAX_PADDING``
     times the real ones (a 1,000-query request never pads 31 five-query ones to 1,000)."""
-    by_model: dict[str, list[_Job]] = defaultdict(list)
-    for job in jobs:
-        by_model[job.adapter.model].append(job)
-    packs: list[list[_Job]] = []
-    for same in by_model.values():
-        current: list[_Job] = []
-        rows = 0
-        for job in sorted(same, key=lambda j: len(j.task.query_x)):
-            size = max(len(job.task.query_x), 1)
-            if current and (len(current) + 1) * size > max_padding * (rows + size):
-                packs.append(current)
-                current, rows = [], 0
-            current.append(job)
-            rows += size
-        packs.append(current)
-    return packs
+    sizes = [max(len(job.task.query_x), 1) for job in jobs]
+    packs = pack_by_size([job.adapter.model for job in jobs], sizes)
+    return [[jobs[i] for i in pack] for pack in packs]
 
 
 class AdapterStore:

@@ -220,8 +220,7 @@ def _route_through_decoding(
 
     async def adapt(request: AdaptRequest) -> AdaptResponse:
         task = await run_in_threadpool(decode_request, request, registry, limits)
-        response: Any = await submit(task)  # the worker's encoded dict, validated on return
-        answer = response if isinstance(response, dict) else response.model_dump()
+        answer: Any = await submit(task)  # the worker's encoded dict, validated on return
         kept: AdaptResponse = store.keep(answer)  # type: ignore[assignment]
         return kept
 

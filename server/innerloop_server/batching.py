@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,20 +52,28 @@ MAX_PADDING = 2.0  # padded support rows per real row that a shared call may pro
 
 
 def groups(tasks: Sequence[Task], max_padding: float = MAX_PADDING) -> list[list[int]]:
-    """Indices of ``tasks`` that can share one call.
+    """Indices of ``tasks`` that can share one call: same :attr:`Task.group_key`, packed by
+    support size (:func:`pack_by_size`)."""
+    return pack_by_size(
+        [t.group_key for t in tasks], [len(t.support_x) for t in tasks], max_padding
+    )
 
-    Same :attr:`Task.group_key`, and, within a key, tasks sorted by support size and packed
-    while ``calls x largest support <= max_padding x real support rows``.
-    """
-    by_key: dict[tuple[str, int, float, str], list[int]] = defaultdict(list)
-    for i, task in enumerate(tasks):
-        by_key[task.group_key].append(i)
+
+def pack_by_size(
+    keys: Sequence[Hashable], sizes: Sequence[int], max_padding: float = MAX_PADDING
+) -> list[list[int]]:
+    """Indices grouped by equal ``keys``, and, within a key, sorted by size and packed while
+    ``items x largest size <= max_padding x real rows``: padding every item of a pack to its
+    largest never more than ``max_padding``-folds the work."""
+    by_key: dict[Hashable, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        by_key[key].append(i)
     packed: list[list[int]] = []
     for indices in by_key.values():
         current: list[int] = []
         rows = 0
-        for i in sorted(indices, key=lambda j: len(tasks[j].support_x)):
-            size = len(tasks[i].support_x)  # the largest so far: sorted ascending
+        for i in sorted(indices, key=lambda j: sizes[j]):
+            size = sizes[i]  # the largest so far: sorted ascending
             if current and (len(current) + 1) * size > max_padding * (rows + size):
                 packed.append(current)
                 current, rows = [], 0

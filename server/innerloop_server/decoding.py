@@ -202,7 +202,7 @@ def decode_adapter_queries(request: PredictRequest, model: Model, limits: Limits
     query_x = decode_queries(request.query, model, limits)
     return Task(
         model.name,
-        "",  # bound from the adapter by the worker
+        "",  # bound from the adapter by AdapterStore.predict
         0,
         0.0,
         request.top_k,
