@@ -1,14 +1,16 @@
 """Adapters held and served by the HTTP process: adapt in a worker, predict without one.
 
-A predict with an adapter runs no inner loop: it is one forward pass of a few queries. Sending
-it through LitServe's worker queue cost more than the forward itself (two inter-process queue
-hops, ~4 ms of a 12.7 ms answer on 2 cores), and each worker kept its own adapters, so a server
-with several workers found an adapter only when LitServe happened to pick the worker that made
-it. So the worker that adapts sends the adapted tensors back with its answer (under
-:data:`ADAPTED_PARAMS_KEY`, stripped before the client sees it), and the HTTP process keeps them
-in one byte-bounded cache and answers adapter predicts itself, in a thread, with the same
-``Learner.predict_adapted`` the worker would have run, on the CPU copy of the model it already
-holds for decoding. Any number of workers now share one set of adapters.
+A predict with an adapter runs no inner loop: it is one forward pass of a few queries. Sent
+through LitServe's worker queue it paid two inter-process hops on top of that forward (5
+queries: p50 18.5 ms that way, 14.2 ms answered here together with the shared prefix
+speed-ups, the two servers side by side in ``benchmarks/bench_versions.py`` on 2 cores), and each
+worker kept its own adapters, so a server with several workers found an adapter only when
+LitServe happened to pick the worker that made it. So the worker that adapts sends the adapted
+tensors back with its answer (under :data:`ADAPTED_PARAMS_KEY`, stripped before the client sees
+it), and the HTTP process keeps them in one byte-bounded cache and answers adapter predicts
+itself, in a thread, with the same ``Learner.predict_adapted`` the worker would have run, on the
+CPU copy of the model it already holds for decoding. Any number of workers now share one set of
+adapters.
 
 Concurrent adapter predicts are combined: each request's thread queues its decoded queries,
 and whichever thread holds the forward lock runs every queued request of a model in ONE
