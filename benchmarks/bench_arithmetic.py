@@ -1,6 +1,7 @@
 """Cheaper arithmetic for the served inner loop, measured side by side: keep only what wins.
 
-First the changes that were kept, op by op on Conv4's largest activation: fused
+First glibc's allocator defaults against ``innerloop.allocator.keep_freed_memory`` on the shared
+prefix, each in its own process. Then the changes that were kept, op by op on Conv4's largest activation: fused
 ``F.group_norm`` against the plain reductions ``SampleGroupNorm`` used to compute, channels-last
 against NCHW for a convolution and max-pooling, and max-pooling before the ReLU; then the shared
 prefix on a batch's 640 images in one call against pieces of ``PREFIX_CHUNK``. Then
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from innerloop.allocator import keep_freed_memory
 from innerloop.checkpoint import load_checkpoint
 from innerloop.learner import Learner
 
@@ -140,6 +144,55 @@ def prefix_pieces(learner: Learner, repeats: int) -> None:
     print()
 
 
+def prefix_ms(checkpoint: Path, repeats: int) -> float:
+    """Median shared-prefix forward of 120 drawings (a batch of 12 five-way one-shot requests
+    with five queries each) in this process, with its allocator as it is."""
+    learner, _ = load_checkpoint(checkpoint)
+    shared = learner.split_shared(learner.params, learner.step_sizes)
+    size = learner.arch.image_size
+    x = torch.rand(120, 1, size, size)
+    times = []
+    with torch.inference_mode():
+        shared.prefix(x) if shared else learner.features(learner.params, x)
+        for _ in range(repeats * 3):
+            started = time.perf_counter()
+            shared.prefix(x) if shared else learner.features(learner.params, x)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def allocator_side_by_side(checkpoint: Path, repeats: int, threads: int) -> None:
+    """glibc's defaults against ``keep_freed_memory`` (a process-wide setting that cannot be
+    undone, so each runs in its own process, alternately, on the same forward)."""
+    times: dict[str, list[float]] = {"default": [], "keep": []}
+    for _ in range(3):
+        for setting in times:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--threads",
+                    str(threads),
+                    "--repeats",
+                    str(repeats),
+                    "--_prefix-only",
+                    setting,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            times[setting].append(float(out.split()[-1]))
+    default, keep = (statistics.median(times[s]) for s in ("default", "keep"))
+    print(
+        f"shared prefix on 120 images, glibc malloc defaults {default * 1000:.1f} ms, "
+        f"keep_freed_memory {keep * 1000:.1f} ms ({default / keep:.2f}x)"
+    )
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -149,9 +202,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--_prefix-only", choices=["default", "keep"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args._prefix_only:
+        if args._prefix_only == "keep":
+            keep_freed_memory()
+        print(prefix_ms(args.checkpoint, args.repeats))
+        return
+    allocator_side_by_side(args.checkpoint, args.repeats, torch.get_num_threads())
+    keep_freed_memory()  # as every innerloop command runs
     learner, _ = load_checkpoint(args.checkpoint)
     if args.scope:
         learner = learner.with_scope(args.scope)

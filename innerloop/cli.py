@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from innerloop.allocator import keep_freed_memory
+
 # subcommand -> (module, help); each module defines add_arguments(parser) and run(args) -> int
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("innerloop_training.cli_train", "meta-train a learner and write a checkpoint"),
@@ -61,6 +63,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # every subcommand runs Conv4 forwards (innerloop/allocator.py)
     selected = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(selected if selected in SUBCOMMANDS else None).parse_args(argv)
     result: int = args.run(args)

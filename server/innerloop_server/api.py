@@ -29,6 +29,7 @@ from typing import Any
 import litserve as ls
 import torch
 
+from innerloop.allocator import keep_freed_memory
 from innerloop_server import logs
 from innerloop_server.adapter_store import ADAPTED_PARAMS_KEY, adapted_params_payload
 from innerloop_server.adapters import adapter_id
@@ -90,6 +91,7 @@ class InnerloopAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         logs.configure()
+        keep_freed_memory()  # a spawned worker does not inherit the CLI's setting
         if self.threads:
             torch.set_num_threads(self.threads)
         self.torch_device = torch.device(device)

@@ -69,6 +69,15 @@ class Task:
     kind: str = "predict"  # predict | adapt (POST /v1/adapt) | adapter (predict with an adapter)
     adapter: str | None = None  # the adapter id (kind "adapter"; set for "adapt" once made)
 
+    def __repr__(self) -> str:
+        # LitServe logs every request with an eager f-string (``logger.debug(f"...{request}")``)
+        # whatever the log level: the dataclass repr printed every pixel of every drawing,
+        # ~6% of the HTTP process's time under load
+        return (
+            f"Task({self.kind}, model={self.model!r}, support={len(self.support_x)}, "
+            f"query={len(self.query_x)}, steps={self.steps}, lr={self.lr})"
+        )
+
     @property
     def group_key(self) -> tuple[str, int, float, str]:
         """Requests with equal keys can share one ``adapt_and_predict`` call."""
