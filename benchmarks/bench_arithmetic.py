@@ -1,14 +1,15 @@
 """Cheaper arithmetic for the served inner loop, measured side by side: keep only what wins.
 
 First glibc's allocator defaults against ``innerloop.allocator.keep_freed_memory`` on the shared
-prefix, each in its own process. Then the changes that were kept, op by op on Conv4's largest activation: fused
-``F.group_norm`` against the plain reductions ``SampleGroupNorm`` used to compute, channels-last
-against NCHW for a convolution and max-pooling, and max-pooling before the ReLU; then the shared
-prefix on a batch's 640 images in one call against pieces of ``PREFIX_CHUNK``. Then
-``Learner.adapt_and_predict`` (the call the server makes) on the shipped ``omniglot`` checkpoint
-for one request and for a batch of 16, in fp32 (what is served) and under bf16 autocast,
-interleaved so background load hits both alike, with each one's time beside the largest change
-it makes to a served probability and how many predicted labels it flips. A variant is worth
+prefix, each in its own process. Then the changes that were kept, op by op on Conv4's largest
+activation: fused ``F.group_norm`` against the plain reductions ``SampleGroupNorm`` used to
+compute, channels-last against NCHW for a convolution and max-pooling, and max-pooling before
+the ReLU; then the shared prefix on a batch's 640 images in one call against pieces of
+``PREFIX_CHUNK``. Then ``Learner.adapt_and_predict`` (the call the server makes) on the shipped
+``omniglot`` checkpoint for one request and for a batch of 16, in fp32 (what is served) and
+under bf16 autocast, interleaved so background load hits both alike, with each one's time beside
+the largest change it makes to a served probability and how many predicted labels it flips.
+A variant is worth
 serving only if it is clearly faster and changes no label.
 
     python benchmarks/bench_arithmetic.py --scope head --steps 10 --threads 2
