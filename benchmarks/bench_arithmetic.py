@@ -9,8 +9,7 @@ the ReLU; then the shared prefix on a batch's 640 images in one call against pie
 ``omniglot`` checkpoint for one request and for a batch of 16, in fp32 (what is served) and
 under bf16 autocast, interleaved so background load hits both alike, with each one's time beside
 the largest change it makes to a served probability and how many predicted labels it flips.
-A variant is worth
-serving only if it is clearly faster and changes no label.
+A variant is worth serving only if it is clearly faster and changes no label.
 
     python benchmarks/bench_arithmetic.py --scope head --steps 10 --threads 2
 """
