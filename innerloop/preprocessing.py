@@ -49,8 +49,13 @@ class ImageSpec:
 
 
 def _border_is_light(pixels: np.ndarray) -> bool:
-    border = np.concatenate([pixels[0, :], pixels[-1, :], pixels[:, 0], pixels[:, -1]])
-    return float(np.median(border)) > 127.0
+    """Whether the border's median is above mid-grey (a light background to invert).
+
+    The median of the two middle values, as ``np.median`` computes it, without its ~15 us of
+    Python overhead per drawing (every served image passes here)."""
+    border = np.sort(np.concatenate([pixels[0, :], pixels[-1, :], pixels[:, 0], pixels[:, -1]]))
+    middle_sum = int(border[(border.size - 1) // 2]) + int(border[border.size // 2])
+    return middle_sum > 254
 
 
 def prepare_image(image: Image.Image | np.ndarray, size: int = 28) -> np.ndarray:
@@ -100,6 +105,8 @@ def _to_gray(image: Image.Image) -> np.ndarray:
         if image.mode in _SIXTEEN_BIT_MODES or float(values.max(initial=0.0)) > 255.0:
             values = values / 257.0  # 65535 -> 255
         return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    if image.mode == "L":  # no copy through convert()
+        return np.asarray(image, dtype=np.uint8)
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 

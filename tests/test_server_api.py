@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from innerloop_server.app import GZIP_MINIMUM_BYTES
 from PIL import Image
 from server_harness import (
     ServerProcess,
@@ -596,6 +597,16 @@ def test_logs_are_json_lines_without_payloads(client: httpx.Client, server: Serv
 def test_request_id_is_echoed(client: httpx.Client) -> None:
     response = client.get("/health", headers={"X-Request-ID": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
+
+
+def test_only_large_answers_are_gzipped(client: httpx.Client) -> None:
+    gzip = {"accept-encoding": "gzip"}
+    small = client.post("/v1/predict", json=image_request(5, 1, 5), headers=gzip)
+    assert small.status_code == 200 and "content-encoding" not in small.headers
+    assert 1000 < len(small.content) < GZIP_MINIMUM_BYTES  # LitServe alone gzipped these
+    large = client.post("/v1/predict", json=image_request(20, 1, 40), headers=gzip)
+    assert large.status_code == 200 and large.headers["content-encoding"] == "gzip"
+    assert len(large.json()["predictions"]) == 40  # httpx decoded it
 
 
 def test_cli_models_lists_a_running_server(server: ServerProcess, tmp_path: Path) -> None:
