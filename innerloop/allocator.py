@@ -4,9 +4,10 @@ A Conv4 forward allocates and frees a few megabytes of activations per layer. Wi
 defaults the freed top of the heap above 128 KiB (a threshold that only creeps up) is trimmed
 back to the kernel, so the next forward faults the same pages in again, zero-filled: on this
 project's 2-core CPUs the shared-prefix forward of 120 drawings took 42 ms that way and 30 ms
-with the settings below (``benchmarks/bench_arithmetic.py`` prints both), in serving and in
-training alike. The cost is up to :data:`TRIM_THRESHOLD` bytes of freed heap that the process
-keeps for reuse.
+with the settings below (``benchmarks/bench_arithmetic.py`` prints both), which serving and
+evaluation run. Meta-training throughput did not change measurably (second-order MAML,
+``bench_meta_training.py``: 4.4-4.7 tasks/s either way). The cost is up to
+:data:`TRIM_THRESHOLD` bytes of freed heap that the process keeps for reuse.
 """
 
 from __future__ import annotations
