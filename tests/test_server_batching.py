@@ -90,3 +90,10 @@ def test_validation_error_fields() -> None:
     assert describe_validation_errors(errors) == [
         {"field": "query[0]", "message": "Input should be a valid string or list (got integer)"}
     ]
+
+
+def test_task_repr_does_not_print_pixels() -> None:
+    # LitServe formats every request into a debug-log f-string whatever the log level
+    small, large = _task(5, 1, 5, seed=0), _task(20, 5, 40, seed=0)
+    assert repr(small) == "Task(predict, model='omniglot', support=5, query=5, steps=2, lr=0.01)"
+    assert len(repr(large)) < 100
