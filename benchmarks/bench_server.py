@@ -225,6 +225,7 @@ class Level:
     rps: float
     requests: int
     mean_batch: float
+    client_cpu_ms: float = float("nan")  # the load generator's CPU per request
 
 
 def summarise(latencies: list[float], wall: float, mean_batch: float) -> Level:
@@ -240,56 +241,77 @@ def summarise(latencies: list[float], wall: float, mean_batch: float) -> Level:
 
 
 def run_level(
-    server: Server, bodies: list[bytes], clients: int, seconds: float, path: str = "/v1/predict"
+    server: Server,
+    bodies: list[bytes],
+    clients: int,
+    seconds: float,
+    path: str = "/v1/predict",
+    client: str = "stdlib",
 ) -> Level:
-    """``clients`` closed-loop clients for ``seconds`` (each sends at least one request)."""
+    """``clients`` closed-loop clients for ``seconds`` (each sends at least one request).
+
+    ``client``: ``stdlib`` (one keep-alive ``http.client`` connection per client: the load
+    generator shares the server's cores, so the lightest one) or ``httpx`` (what the SDK uses).
+    """
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     barrier = threading.Barrier(clients + 1)
     deadline = [0.0]
-
     host, port = server.url.rsplit("//", 1)[1].rsplit(":", 1)
+    headers = {"content-type": "application/json"}
 
-    def client(index: int) -> None:
-        # stdlib http.client over one keep-alive connection: the load generator shares the
-        # server's cores, and httpx cost 1.3-3 ms of CPU per request here against 0.3-0.4 ms
-        connection = http.client.HTTPConnection(host, int(port), timeout=600.0)
-        headers = {"content-type": "application/json"}
+    def run_client(index: int) -> None:
+        # made before the barrier: an httpx.Client's set-up (its TLS context) is not load
+        stdlib = http.client.HTTPConnection(host, int(port), timeout=600.0)
+        httpx_client = httpx.Client(timeout=600.0, headers=headers) if client == "httpx" else None
+
+        def post(body: bytes) -> tuple[int, bytes]:
+            if httpx_client is not None:
+                answer = httpx_client.post(server.url + path, content=body)
+                return answer.status_code, answer.content
+            stdlib.request("POST", path, body, headers)
+            response = stdlib.getresponse()
+            return response.status, response.read()
+
         try:
             barrier.wait()
             sent = 0
             while sent == 0 or time.monotonic() < deadline[0]:
                 body = bodies[(index + sent * clients) % len(bodies)]
                 started = time.perf_counter()
-                connection.request("POST", path, body, headers)
-                response = connection.getresponse()
-                data = response.read()
+                status, data = post(body)
                 elapsed = time.perf_counter() - started
                 with lock:
-                    if response.status == 200:
+                    if status == 200:
                         latencies.append(elapsed)
                     else:
-                        errors.append(f"{response.status} {data[:200]!r}")
+                        errors.append(f"{status} {data[:200]!r}")
                 sent += 1
         finally:
-            connection.close()
+            stdlib.close()
+            if httpx_client is not None:
+                httpx_client.close()
 
     before = server.calls()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=run_client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
     deadline[0] = time.monotonic() + seconds
+    barrier.wait()  # every client is set up
+    cpu_before = time.process_time()
     started = time.perf_counter()
-    barrier.wait()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_before
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
     after = server.calls()
     calls = after[1] - before[1]
-    return summarise(latencies, wall, (after[0] - before[0]) / calls if calls else float("nan"))
+    level = summarise(latencies, wall, (after[0] - before[0]) / calls if calls else float("nan"))
+    level.client_cpu_ms = cpu / max(len(latencies), 1) * 1000
+    return level
 
 
 def adapter_bodies(server: Server, bodies: list[bytes], queries: int = 5) -> list[bytes]:
@@ -361,6 +383,12 @@ def main() -> int:
         help="inner steps sent with every 5-way 1-shot request and used by the naive loop "
         "(default: the card's); 20-way 5-shot requests always use the card's loop",
     )
+    parser.add_argument(
+        "--client",
+        default="stdlib",
+        choices=["stdlib", "httpx"],
+        help="load generator: http.client keep-alive connections (lightest) or httpx (the SDK's)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 15.0)
@@ -400,7 +428,9 @@ def main() -> int:
                 print(f"  naive loop     {name:14s}  1 client : p50 {naive[name].p50_ms:8.1f} ms")
                 for clients in levels:
                     for setting, server in servers.items():
-                        level = run_level(server, bodies[name], clients, seconds)
+                        level = run_level(
+                            server, bodies[name], clients, seconds, client=args.client
+                        )
                         results[(name, clients, setting)] = level
                         print(
                             f"  batching {setting:3s} {name:14s} {clients:3d} clients: "
@@ -411,7 +441,7 @@ def main() -> int:
             if adapted:
                 run_level(servers["on"], adapted[:2], 1, 0.0)
             for clients in (1, max(levels)) if adapted else ():
-                level = run_level(servers["on"], adapted, clients, seconds)
+                level = run_level(servers["on"], adapted, clients, seconds, client=args.client)
                 results[("adapter, 5 queries", clients, "on")] = level
                 print(f"  adapter predict {clients:3d} clients: p50 {level.p50_ms:8.1f} ms")
         finally:
@@ -426,6 +456,12 @@ def main() -> int:
         f"{seconds:g} s per level "
         f"(every client sends at least one request); inner steps: 5-way 1-shot "
         f"{naive_steps['5-way 1-shot']}, 20-way 5-shot {naive_steps['20-way 5-shot']}"
+    )
+    small_levels = [results[("5-way 1-shot", c, "on")].client_cpu_ms for c in levels]
+    print(
+        f"load generator: {args.client}, on the same cores; its CPU per 5-way 1-shot request "
+        + ", ".join(f"{ms:.2f} ms at {c}" for c, ms in zip(levels, small_levels, strict=True))
+        + " clients"
     )
     header = (
         f"{'request':14s} {'clients':>7s} | {'naive':>7s} | "
