@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -151,12 +152,13 @@ def prefix_ms(checkpoint: Path, repeats: int) -> float:
     shared = learner.split_shared(learner.params, learner.step_sizes)
     size = learner.arch.image_size
     x = torch.rand(120, 1, size, size)
+    forward = shared.prefix if shared else partial(learner.features, learner.params)
     times = []
     with torch.inference_mode():
-        shared.prefix(x) if shared else learner.features(learner.params, x)
+        forward(x)  # warm-up
         for _ in range(repeats * 3):
             started = time.perf_counter()
-            shared.prefix(x) if shared else learner.features(learner.params, x)
+            forward(x)
             times.append(time.perf_counter() - started)
     return statistics.median(times)
 

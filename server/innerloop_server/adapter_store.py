@@ -2,8 +2,8 @@
 
 A predict with an adapter runs no inner loop: it is one forward pass of a few queries. Sent
 through LitServe's worker queue it paid two inter-process hops on top of that forward (5
-queries: p50 18.5 ms that way, 14.2 ms answered here with the prefix's
-speed-ups, the two servers side by side in ``benchmarks/bench_versions.py`` on 2 cores), and each
+queries, two servers side by side in ``benchmarks/bench_versions.py`` on 2 cores: p50 18.5 ms
+that way, 14.2 ms answered here; 4.3 ms in the README's latest ``bench_server.py`` run), and each
 worker kept its own adapters, so a server with several workers found an adapter only when
 LitServe happened to pick the worker that made it. So the worker that adapts sends the adapted
 tensors back with its answer (under :data:`ADAPTED_PARAMS_KEY`, stripped before the client sees
