@@ -84,15 +84,26 @@ class Task:
         return (self.model, self.steps, self.lr, self.kind)
 
 
-class PixelBudget:
-    """Padded pixels a request may still decode (``max_request_pixels``)."""
+class TooLargeToDecodeInline(Exception):
+    """An inline decode (``decode_request(..., inline_pixels=N)``) stopped before an image that
+    would take the request past ``N`` pixels: decode it in a thread instead."""
 
-    def __init__(self, limit: int) -> None:
+
+class PixelBudget:
+    """Padded pixels a request may still decode (``max_request_pixels``).
+
+    ``stop_at``: raise :class:`TooLargeToDecodeInline` before any image that would bring the
+    request past this many pixels (checked before the image's pixels are decoded)."""
+
+    def __init__(self, limit: int, stop_at: int | None = None) -> None:
         self.limit = limit
+        self.stop_at = stop_at
         self.used = 0
 
     def spend(self, pixels: int, where: str) -> None:
         self.used += pixels
+        if self.stop_at is not None and self.used > self.stop_at:
+            raise TooLargeToDecodeInline(where)
         if self.used > self.limit:
             raise request_error(
                 413,
@@ -104,9 +115,16 @@ class PixelBudget:
 
 
 def decode_request(
-    request: PredictRequest | AdaptRequest, registry: Registry, limits: Limits
+    request: PredictRequest | AdaptRequest,
+    registry: Registry,
+    limits: Limits,
+    inline_pixels: int | None = None,
 ) -> Task:
-    """A predict request (support + query) or an adapt request (support only) -> a Task."""
+    """A predict request (support + query) or an adapt request (support only) -> a Task.
+
+    ``inline_pixels``: give up with :class:`TooLargeToDecodeInline`, before decoding it, at the
+    image that would take the request past this many pixels (the HTTP process decodes small
+    requests on its event loop and only those: see ``app._route_through_decoding``)."""
     adapt_only = isinstance(request, AdaptRequest)
     if not adapt_only and getattr(request, "adapter", None) is not None:
         raise request_error(422, "adapter", "use decode_adapter_query for adapter requests")
@@ -143,7 +161,7 @@ def decode_request(
         labels = []
         support_y = np.stack([_regression_target(y, i, model) for i, y in enumerate(targets)])
 
-    budget = PixelBudget(limits.max_request_pixels)
+    budget = PixelBudget(limits.max_request_pixels, stop_at=inline_pixels)
     support_x = np.stack(
         [
             decode_input(item.x, f"support[{i}].x", model, limits, budget)
