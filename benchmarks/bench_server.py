@@ -10,7 +10,10 @@ drawings, as a user would send them). In the same run it measures:
   ``torch.optim.SGD`` for the same steps and lr on the (already decoded) support set from the
   same prototype head, forward the queries: what a user would write without innerloop;
 - **predict with an adapter**: ``POST /v1/adapt`` once, then ``/v1/predict`` with the adapter id
-  and 5 queries.
+  and 5 queries;
+- the **throughput ratio** again, in ``--ratio-rounds`` more pairs of [1 client, most clients]
+  levels (5-way 1-shot, batching on): one pair moves by +-10% between runs here, so the median
+  is the figure to quote.
 
 Prints one table: p50 / p99 latency, requests per second, how many requests shared each
 adaptation call (from ``/metrics``), and the ratios the issue's targets are stated in.
@@ -314,6 +317,26 @@ def run_level(
     return level
 
 
+def scaling_rounds(
+    server: Server, bodies: list[bytes], clients: int, seconds: float, args: argparse.Namespace
+) -> list[float]:
+    """Throughput at ``clients`` over one client's, in ``args.ratio_rounds`` back-to-back pairs.
+
+    One pair of levels moves by +-10% between runs on a shared 2-core machine; the median of
+    several pairs, each measured minutes apart from the others, is the figure to quote."""
+    ratios = []
+    for round_ in range(args.ratio_rounds):
+        one = run_level(server, bodies, 1, seconds, client=args.client)
+        many = run_level(server, bodies, clients, seconds, client=args.client)
+        ratios.append(many.rps / one.rps)
+        print(
+            f"  ratio round {round_ + 1}: 1 client {one.rps:6.2f} req/s, {clients} clients "
+            f"{many.rps:6.2f} req/s: {ratios[-1]:.2f}x",
+            flush=True,
+        )
+    return ratios
+
+
 def adapter_bodies(server: Server, bodies: list[bytes], queries: int = 5) -> list[bytes]:
     """Adapt each request's support once; predict bodies with its adapter and ``queries``.
 
@@ -389,6 +412,13 @@ def main() -> int:
         choices=["stdlib", "httpx"],
         help="load generator: http.client keep-alive connections (lightest) or httpx (the SDK's)",
     )
+    parser.add_argument(
+        "--ratio-rounds",
+        type=int,
+        default=5,
+        help="extra interleaved rounds of [1 client, most clients], 5-way 1-shot, batching on, "
+        "for the throughput ratio's median (0: none)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 15.0)
@@ -437,6 +467,9 @@ def main() -> int:
                             f"p50 {level.p50_ms:8.1f} ms  {level.rps:6.2f} req/s",
                             flush=True,
                         )
+            ratio_rounds = scaling_rounds(
+                servers["on"], bodies["5-way 1-shot"], max(levels), seconds, args
+            )
             adapted = adapter_bodies(servers["on"], bodies["5-way 1-shot"])
             if adapted:
                 run_level(servers["on"], adapted[:2], 1, 0.0)
@@ -500,6 +533,12 @@ def main() -> int:
     )
     scaling = results[(small, top, "on")].rps / results[(small, 1, "on")].rps
     print(f"  5-way 1-shot throughput {top} clients / 1 client: {scaling:.2f}x (target >= 4x)")
+    if ratio_rounds:
+        print(
+            f"    the same, median of {len(ratio_rounds)} more rounds of [1, {top}] clients: "
+            f"{statistics.median(ratio_rounds):.2f}x "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in ratio_rounds)})"
+        )
     big = min(results[("20-way 5-shot", 1, s)].p50_ms for s in settings)
     print(f"  20-way 5-shot p50, card's loop, 1 client: {big:.1f} ms (target <= 150 ms)")
     if ("adapter, 5 queries", 1, "on") in results:
