@@ -124,7 +124,7 @@ def decode_request(
 
     ``inline_pixels``: give up with :class:`TooLargeToDecodeInline`, before decoding it, at the
     image that would take the request past this many pixels (the HTTP process decodes small
-    requests on its event loop and only those: see ``app._route_through_decoding``)."""
+    requests on its event loop and only those: see ``app.decode_small_inline``)."""
     adapt_only = isinstance(request, AdaptRequest)
     if not adapt_only and getattr(request, "adapter", None) is not None:
         raise request_error(422, "adapter", "use decode_adapter_query for adapter requests")
