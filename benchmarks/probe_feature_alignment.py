@@ -91,6 +91,39 @@ def aligned_accuracy(
         return (predicted == query_y).float().mean(-1)
 
 
+def frozen_episodes(
+    checkpoint: Path,
+    dataset: str,
+    split: str,
+    ways: int,
+    shots: int,
+    queries: int,
+    episodes: int,
+    data_root: str | None,
+) -> list[Features]:
+    """Fixed episodes as the checkpoint's un-adapted features: (support, labels, query, labels),
+    each ``[tasks, items, ...]``; the probes fit on these, never on the network."""
+    learner, _ = load_checkpoint(checkpoint)
+    source = build_source(
+        dataset, split, ways=ways, shots=shots, queries=queries, seed=0, data_root=data_root
+    )
+    out: list[Features] = []
+    with torch.no_grad():
+        for batch in source.fixed(episodes, seed=1234):
+            tasks, per_class = batch.support_y.shape
+            support = learner.features(learner.params, batch.support_x.flatten(0, 1))
+            query = learner.features(learner.params, batch.query_x.flatten(0, 1))
+            out.append(
+                (
+                    support.reshape(tasks, per_class, -1),
+                    batch.support_y,
+                    query.reshape(tasks, batch.query_y.shape[1], -1),
+                    batch.query_y,
+                )
+            )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -103,30 +136,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
-    learner, _ = load_checkpoint(args.checkpoint)
-    source = build_source(
-        args.dataset,
-        args.split,
-        ways=args.ways,
-        shots=args.shots,
-        queries=args.queries,
-        seed=0,
-        data_root=args.data_root,
-    )
-    episodes: list[Features] = []
-    with torch.no_grad():
-        for batch in source.fixed(args.episodes, seed=1234):
-            tasks, shots = batch.support_y.shape
-            support = learner.features(learner.params, batch.support_x.flatten(0, 1))
-            query = learner.features(learner.params, batch.query_x.flatten(0, 1))
-            episodes.append(
-                (
-                    support.reshape(tasks, shots, -1),
-                    batch.support_y,
-                    query.reshape(tasks, batch.query_y.shape[1], -1),
-                    batch.query_y,
-                )
-            )
+    episodes = frozen_episodes(
+        args.checkpoint, args.dataset, args.split, args.ways, args.shots, args.queries,
+        args.episodes, args.data_root,
+    )  # fmt: skip
     base = torch.cat(
         [
             (logits(q, prototypes(s, sy, args.ways), False).argmax(-1) == qy).float().mean(-1)

@@ -31,12 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from innerloop_training.sources import build_source
-from probe_feature_alignment import prototypes
+from probe_feature_alignment import Features as Episode
+from probe_feature_alignment import frozen_episodes, prototypes
 
-from innerloop.checkpoint import load_checkpoint
-
-Episode = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 QUERY_SETS = ("balanced", "one query", "two classes", "dirichlet")
 
 
@@ -111,26 +108,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    learner, _ = load_checkpoint(args.checkpoint)
-    source = build_source(
-        args.dataset, args.split, ways=args.ways, shots=args.shots, queries=15, seed=0,
-        data_root=args.data_root,
+    episodes = frozen_episodes(
+        args.checkpoint, args.dataset, args.split, args.ways, args.shots, 15, args.episodes,
+        args.data_root,
     )  # fmt: skip
-    episodes: list[Episode] = []
-    with torch.no_grad():
-        for batch in source.fixed(args.episodes, seed=1234):
-            tasks, shots = batch.support_y.shape
-            support = learner.features(learner.params, batch.support_x.flatten(0, 1))
-            query = learner.features(learner.params, batch.query_x.flatten(0, 1))
-            episodes.append(
-                (
-                    support.reshape(tasks, shots, -1),
-                    batch.support_y,
-                    query.reshape(tasks, batch.query_y.shape[1], -1),
-                    batch.query_y,
-                )
-            )
     print(
         f"{args.checkpoint.name} on {args.dataset} {args.split}, {args.ways}-way "
         f"{args.shots}-shot, {args.episodes} fixed episodes; accuracy over the kept queries"
@@ -143,8 +124,8 @@ def main() -> None:
     print(f"{'query set':<12}{'queries':>8}{'prototype':>10}  steps, lr, weights -> accuracy, gain")
     for kind in QUERY_SETS:
         tasks = query_sets(episodes, kind, args.ways, seed=7)
-        base = torch.cat([prototype_answer(e, args.ways) for e in tasks])
         base_per_task = [prototype_answer(e, args.ways) for e in tasks]
+        base = torch.cat(base_per_task)
         cells = []
         for steps, lr, weights in settings:
             per_task = [fit_transductive(e, args.ways, steps, lr, weights) for e in tasks]
