@@ -223,11 +223,10 @@ async def decode_small_inline(
     for the GIL. Side by side (``benchmarks/bench_versions.py``, 5 interleaved rounds, 5-way
     1-shot with 10 steps, 2-core AMD EPYC; the README has the command) 32-client throughput went
     from 160.5 to 190.7 req/s (median), one client's from 43.6 to 45.4 req/s. So a request of
-    at most :data:`INLINE_DECODE_ITEMS` inputs and
-    :data:`INLINE_DECODE_CHARACTERS` of image text decodes here, and gives up for the thread
-    pool, before decoding it, at the image that would take it past :data:`INLINE_DECODE_PIXELS`
-    (one 512x512 image or 21 105x105 drawings: at most ~1 ms of this loop; a 1024x1024 image
-    alone takes ~5 ms).
+    at most :data:`INLINE_DECODE_ITEMS` inputs and :data:`INLINE_DECODE_CHARACTERS` of image
+    text decodes here, and gives up for the thread pool, before decoding it, at the image that
+    would take it past :data:`INLINE_DECODE_PIXELS` (one 512x512 image or 21 105x105 drawings:
+    at most ~1 ms of this loop; a 1024x1024 image alone takes ~5 ms).
     """
     inputs = [item.x for item in request.support or []]
     if isinstance(request, PredictRequest):
