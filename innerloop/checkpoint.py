@@ -26,6 +26,7 @@ from safetensors.torch import save as save_bytes
 from innerloop.learner import InnerDefaults, Learner
 from innerloop.models import ArchConfig
 from innerloop.preprocessing import ImageSpec
+from innerloop.scopes import HEAD_LOG_SCALE
 
 FORMAT = "innerloop-checkpoint"
 FORMAT_VERSION = 1
@@ -73,6 +74,8 @@ def build_card(learner: Learner, name: str, extra: dict[str, Any] | None = None)
         "task": learner.task,
         "architecture": learner.arch.to_dict(),
         "head": learner.head,
+        # the proto head's meta-learned logit scale (None: unscaled distances)
+        "head_scale": learner.head_scale,
         "input": input_spec,
         "max_ways": learner.max_ways,
         "adaptation": {
@@ -190,7 +193,12 @@ def _learner_from(path: Path, card: dict[str, Any], tensors: dict[str, torch.Ten
     params = {k[len(PARAM_PREFIX) :]: v for k, v in tensors.items() if k.startswith(PARAM_PREFIX)}
     steps = {k[len(STEP_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STEP_PREFIX)}
     expected = Learner.create(
-        arch, learner.head, inner, _has_learned_step_sizes(steps), learner.max_ways
+        arch,
+        learner.head,
+        inner,
+        _has_learned_step_sizes(steps),
+        learner.max_ways,
+        head_scale=1.0 if HEAD_LOG_SCALE in params and learner.head == "proto" else None,
     )
     unfrozen_warp = sorted(expected.frozen - frozen)
     if unfrozen_warp:  # the inner loop would move them, with no step size to do it

@@ -10,10 +10,18 @@ the order or the names of the labels and any number of ways works with one check
   class; the inner loop makes them class-specific.
 
 Per-class means use ``support_weight``, so unbalanced support sets and padded rows are exact.
+
+A ``proto`` head may carry a meta-learned logit scale (``head.log_scale``, the temperature of
+Snell et al.'s distance logits, learned as in Oreshkin et al.'s TADAM): the head starts as
+``s * (2 mu_c, -|mu_c|^2)``. The prototype answer's argmax does not depend on ``s``, but the
+support loss the inner loop follows does: without a scale, unnormalised features make a 1-shot
+support set fit before the first step, and the loop has no gradient to follow. The scale is a
+meta-parameter only; the inner loop adapts the head it initialises.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,7 +46,7 @@ from innerloop.models import (
     feature_dim,
     warp_parameter_names,
 )
-from innerloop.scopes import frozen_for_scope, scope_of
+from innerloop.scopes import HEAD_LOG_SCALE, frozen_for_scope, scope_of
 
 HEADS = ("proto", "zero", "none")
 TASKS = ("classification", "regression")
@@ -107,8 +115,12 @@ class Learner:
         learn_step_sizes: bool = False,
         max_ways: int = 50,
         seed: int = 0,
+        head_scale: float | None = None,
     ) -> Learner:
-        """A freshly initialised learner (random body; zero shared head for ``zero``)."""
+        """A freshly initialised learner (random body; zero shared head for ``zero``).
+
+        ``head_scale``: give a ``proto`` head a meta-learned logit scale starting at this value.
+        """
         task = "classification" if arch.is_image_model else "regression"
         head = head if task == "classification" else "none"
         torch.manual_seed(seed)
@@ -118,9 +130,15 @@ class Learner:
             dim = feature_dim(arch, body)
             params["head.weight"] = torch.zeros(dim)
             params["head.bias"] = torch.zeros(1)
+        if head_scale is not None:
+            if head != "proto":
+                raise ValueError(f"a learned head scale needs the proto head, not {head!r}")
+            if not head_scale > 0:
+                raise ValueError(f"the head scale must be > 0, got {head_scale}")
+            params[HEAD_LOG_SCALE] = torch.tensor(math.log(head_scale))
         inner = inner or InnerDefaults()
-        # warp-layers (WarpGrad) are meta-learned but never adapted: frozen from the start
-        frozen = warp_parameter_names(params)
+        # warp-layers (WarpGrad) and the head's scale are meta-learned but never adapted
+        frozen = warp_parameter_names(params) | ({HEAD_LOG_SCALE} & params.keys())
         learner = cls(arch, task, head, params, {}, inner, frozen, max_ways=max_ways)
         learner.step_sizes = learner.initial_step_sizes(learned=learn_step_sizes)
         return learner
@@ -143,6 +161,12 @@ class Learner:
             for name, shape in shapes.items()
             if name not in self.frozen
         }
+
+    @property
+    def head_scale(self) -> float | None:
+        """The proto head's meta-learned logit scale, if it has one."""
+        log_scale = self.params.get(HEAD_LOG_SCALE)
+        return None if log_scale is None else float(log_scale.detach().exp())
 
     @property
     def learned_step_sizes(self) -> bool:
@@ -169,8 +193,9 @@ class Learner:
             onehot = F.one_hot(support_y, ways).to(feats.dtype) * support_weight[:, None]
             counts = onehot.sum(0).clamp_min(1e-6)
             protos = (onehot.T @ feats) / counts[:, None]
-            params["head.weight"] = 2.0 * protos
-            params["head.bias"] = -(protos * protos).sum(-1)
+            scale = meta_params[HEAD_LOG_SCALE].exp() if HEAD_LOG_SCALE in meta_params else 1.0
+            params["head.weight"] = 2.0 * scale * protos
+            params["head.bias"] = -scale * (protos * protos).sum(-1)
         elif self.head == "zero":
             dim = meta_params["head.weight"].shape[-1]
             params["head.weight"] = meta_params["head.weight"].expand(ways, dim)
@@ -322,9 +347,10 @@ class Learner:
         """A copy that adapts ``scope``: newly frozen step sizes are dropped, newly adapted
         tensors get the default scalar step size."""
         frozen = frozen_for_scope(self.body, self.parameter_names(), scope)
-        frozen |= warp_parameter_names(self.params)
+        never_adapted = warp_parameter_names(self.params) | ({HEAD_LOG_SCALE} & self.params.keys())
+        frozen |= never_adapted
         unfrozen = self.with_params(self.params)
-        unfrozen.frozen = warp_parameter_names(self.params)
+        unfrozen.frozen = never_adapted
         defaults = unfrozen.initial_step_sizes(learned=False)
         step_sizes = {
             name: self.step_sizes.get(name, defaults[name])

@@ -27,13 +27,15 @@ from innerloop.models import SampleGroupNorm, WarpLayer, is_warp_parameter
 
 ADAPT_SCOPES = ("all", "film", "last", "head")
 HEAD_PARAMS = ("head.weight", "head.bias")
+# meta-learned, never adapted by any scope: the proto head's logit scale (innerloop.learner)
+HEAD_LOG_SCALE = "head.log_scale"
 
 
 def adapted_for_scope(body: nn.Sequential, names: Iterable[str], scope: str) -> frozenset[str]:
     """Names among ``names`` (body.* plus head.*) that the inner loop moves under ``scope``."""
     if scope not in ADAPT_SCOPES:
         raise ValueError(f"adaptation scope {scope!r} is not one of {ADAPT_SCOPES}")
-    names = [n for n in names if not is_warp_parameter(n)]
+    names = [n for n in names if not is_warp_parameter(n) and n != HEAD_LOG_SCALE]
     head = {n for n in names if n in HEAD_PARAMS}
     if scope == "all":
         return frozenset(names)

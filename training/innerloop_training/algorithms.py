@@ -133,13 +133,26 @@ class MetaAlgorithm(ABC):
 class GradientMetaLearner(MetaAlgorithm):
     """MAML, first-order MAML and Meta-SGD: back-propagate the query loss into the init."""
 
-    def __init__(self, name: str, learner: Learner, loop: InnerLoop, outer: OuterConfig) -> None:
+    def __init__(
+        self,
+        name: str,
+        learner: Learner,
+        loop: InnerLoop,
+        outer: OuterConfig,
+        learn_step_sizes: bool = False,
+    ) -> None:
         self.name = name
+        self.learn_step_sizes = learn_step_sizes or name == "metasgd"
+        # learned step sizes of MAML / first-order MAML (MAML++'s LSLR) stay >= 0: left free,
+        # the outer loop turned the head's steps negative within 250 meta-steps, a loop that
+        # *un-fits* the support set to soften the query answer (a calibration trick the head's
+        # learned scale is there for). Meta-SGD keeps its paper's unconstrained step sizes.
+        self.nonnegative_step_sizes = self.learn_step_sizes and name != "metasgd"
         super().__init__(learner, loop, outer)
 
     def meta_tensors(self) -> dict[str, Tensor]:
         tensors = super().meta_tensors()
-        if self.name == "metasgd":
+        if self.learn_step_sizes:
             tensors.update({f"step_size/{k}": v for k, v in self.learner.step_sizes.items()})
         return tensors
 
@@ -158,6 +171,10 @@ class GradientMetaLearner(MetaAlgorithm):
         loss, score = query_metrics(self.learner, predictions.outputs, batch.query_y)
         loss.backward()
         grad_norm = self._apply()
+        if self.nonnegative_step_sizes:
+            with torch.no_grad():
+                for step_size in self.learner.step_sizes.values():
+                    step_size.clamp_(min=0.0)
         metrics = {
             "query_loss": float(loss.detach()),
             "support_loss_before": float(predictions.loss_before.detach().mean()),
@@ -203,6 +220,8 @@ class Reptile(MetaAlgorithm):
                 self.loop,
             )
             for name, tensor in learner.params.items():
+                if name not in adapted:  # meta-only (the head's scale): no Reptile target
+                    continue
                 target = adapted[name]
                 # a "zero" head is copied per way: its target is the mean over tasks and ways
                 target = target.reshape(-1, *tensor.shape).mean(0)
@@ -246,17 +265,20 @@ def build_algorithm(
     inner: InnerLoop,
     outer: OuterConfig,
     warp: WarpGradConfig | None = None,
+    learn_step_sizes: bool = False,
 ) -> MetaAlgorithm:
     """The meta-learner for ``name``; ``inner.first_order`` is set to what the method needs.
 
     ``warp`` configures ``warp`` / ``warp-leap`` (default :class:`WarpGradConfig`; its
-    ``learn_init`` is set from the name)."""
+    ``learn_init`` is set from the name). ``learn_step_sizes``: the MAML family also learns
+    the learner's step sizes, whatever their shape (Meta-SGD always does)."""
+    learn = learn_step_sizes
     if name == "maml":
-        return GradientMetaLearner(name, learner, replace(inner, first_order=False), outer)
+        return GradientMetaLearner(name, learner, replace(inner, first_order=False), outer, learn)
     if name == "metasgd":  # second order unless the caller asked for first-order Meta-SGD
-        return GradientMetaLearner(name, learner, inner, outer)
+        return GradientMetaLearner(name, learner, inner, outer, learn)
     if name == "fomaml":
-        return GradientMetaLearner(name, learner, replace(inner, first_order=True), outer)
+        return GradientMetaLearner(name, learner, replace(inner, first_order=True), outer, learn)
     if name == "reptile":
         return Reptile(learner, replace(inner, first_order=True), outer)
     # imported here: these modules build on MetaAlgorithm from this one

@@ -26,7 +26,7 @@ from innerloop.scopes import ADAPT_SCOPES
 from innerloop_training.algorithms import ALGORITHMS, OUTER_OPTIMIZERS
 from innerloop_training.data.registry import DATASETS, OMNIGLOT_SPLIT_SCHEMES
 from innerloop_training.devices import add_device_argument
-from innerloop_training.trainer import TrainConfig, Trainer
+from innerloop_training.trainer import STEP_SIZE_LEARNING, TrainConfig, Trainer
 from innerloop_training.warpgrad import BUFFERS, OBJECTIVES, WarpGradConfig
 
 DEFAULTS = TrainConfig()
@@ -101,6 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-task classification head: prototype-initialised or zero shared vector",
     )
     add(
+        "--head-scale",
+        type=float,
+        default=DEFAULTS.head_scale,
+        help="proto head: meta-learn a logit scale on its distances, starting at this value "
+        "(so a 1-shot support set is not fit before the inner loop starts); default: none",
+    )
+    add(
         "--max-ways",
         type=int,
         default=DEFAULTS.max_ways,
@@ -123,6 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--first-order",
         action="store_true",
         help="detach inner gradients (first-order Meta-SGD; implied by fomaml and reptile)",
+    )
+    add(
+        "--learn-step-sizes",
+        choices=STEP_SIZE_LEARNING,
+        default=None,
+        help="step sizes the outer loop learns: none, tensor (one per adapted tensor: MAML++'s "
+        "per-layer step sizes) or parameter (Meta-SGD); default parameter for metasgd, else none",
     )
     add(
         "--first-order-warmup",

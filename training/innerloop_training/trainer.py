@@ -28,11 +28,15 @@ from innerloop.adaptation import InnerLoop
 from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
 from innerloop.learner import InnerDefaults, Learner
 from innerloop.models import ArchConfig
+from innerloop.scopes import HEAD_LOG_SCALE
 from innerloop_training.algorithms import OuterConfig, build_algorithm, resolve_outer
 from innerloop_training.devices import learner_to, resolve_device
 from innerloop_training.evaluation import EvaluationResult, evaluate_learner
 from innerloop_training.sources import TaskSource, build_source
 from innerloop_training.warpgrad import WarpGradConfig
+
+
+STEP_SIZE_LEARNING = ("none", "tensor", "parameter")
 
 
 @dataclass
@@ -56,11 +60,17 @@ class TrainConfig:
     # (regression) for warp / warp-leap, none otherwise
     warp: str | None = None
     head: str = "proto"
+    # a meta-learned logit scale on the proto head, started at this value (None: unscaled)
+    head_scale: float | None = None
     max_ways: int = 50
     inner_steps: int = 5
     inner_lr: float = 0.1
     inner_optimizer: str = "sgd"
     first_order: bool = False
+    # which step sizes the outer loop learns: none | tensor (one per adapted tensor, MAML++'s
+    # per-layer LSLR without its per-step axis) | parameter (Meta-SGD); None: parameter for
+    # metasgd, none otherwise
+    learn_step_sizes: str | None = None
     first_order_warmup: int = 0
     meta_batch: int = 16
     meta_steps: int = 1000
@@ -95,6 +105,14 @@ class TrainConfig:
         outer = resolve_outer(self.algorithm, self.outer_optimizer, self.outer_lr, self.grad_clip)
         self.outer_optimizer, self.outer_lr = outer.optimizer, outer.lr
         self.grad_clip = outer.grad_clip or 0.0
+        if self.learn_step_sizes is None:
+            self.learn_step_sizes = "parameter" if self.algorithm == "metasgd" else "none"
+        if self.learn_step_sizes not in STEP_SIZE_LEARNING:
+            raise ValueError(
+                f"learn_step_sizes {self.learn_step_sizes!r} is not one of {STEP_SIZE_LEARNING}"
+            )
+        if self.learn_step_sizes != "none" and self.algorithm not in ("maml", "fomaml", "metasgd"):
+            raise ValueError("learned step sizes need maml, fomaml or metasgd")
         warped = self.algorithm in ("warp", "warp-leap")
         if self.warp is None:
             self.warp = ("linear" if self.is_regression else "conv") if warped else "none"
@@ -170,9 +188,10 @@ def build_learner(config: TrainConfig) -> Learner:
         arch,
         config.head,
         inner,
-        learn_step_sizes=config.algorithm == "metasgd",
+        learn_step_sizes=config.learn_step_sizes == "parameter",
         max_ways=config.max_ways,
         seed=config.seed,
+        head_scale=config.head_scale,
     )
     # meta-train the loop the server will run: only the scope adapts (learned step sizes kept)
     return learner if config.adapt == "all" else learner.with_scope(config.adapt)
@@ -261,6 +280,7 @@ class Trainer:
             loop,
             config.outer,
             config.warpgrad,
+            learn_step_sizes=config.learn_step_sizes != "none",
         )
         if config.resume and self.resume_path.exists():
             self._load_optimizer_state()
@@ -400,9 +420,11 @@ class Trainer:
                 f"warp {learner.arch.warp}) does not match this run's ({mine.arch.kind}, head "
                 f"{mine.head}, warp {mine.arch.warp}); pass the same --filters/--warp/--head"
             )
-        if set(learner.params) != set(mine.params):
+        # a head scale this run adds to an init that has none starts at --head-scale
+        added = {HEAD_LOG_SCALE} & (mine.params.keys() - learner.params.keys())
+        if set(learner.params) | added != set(mine.params):
             raise ValueError(f"--init {path}: its parameters do not match this model's")
-        mine.params = {name: learner.params[name] for name in mine.params}
+        mine.params = {name: learner.params.get(name, mine.params[name]) for name in mine.params}
         if set(learner.step_sizes) == set(mine.step_sizes):
             mine.step_sizes = {name: learner.step_sizes[name] for name in mine.step_sizes}
         training = card.get("training", {})
