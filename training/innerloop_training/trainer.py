@@ -35,7 +35,6 @@ from innerloop_training.evaluation import EvaluationResult, evaluate_learner
 from innerloop_training.sources import TaskSource, build_source
 from innerloop_training.warpgrad import WarpGradConfig
 
-
 STEP_SIZE_LEARNING = ("none", "tensor", "parameter")
 
 
