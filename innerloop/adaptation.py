@@ -17,12 +17,14 @@ padding: ``support_weight`` zeroes padded support rows and ``class_mask`` remove
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
+
+from innerloop.loop_choice import Choice
 
 Params = dict[str, Tensor]
 
@@ -204,6 +206,7 @@ class Predictions:
     loss_after: Tensor  # [tasks]
     params: Params | None = None  # adapted tensors per task (leading task dim), if kept
     steps: Tensor | None = None  # [tasks] inner steps each task ran, when the loop stops early
+    choice: Choice | None = None  # the per-request choice of loop, when one was made
 
 
 def adapt_and_predict(
@@ -240,6 +243,39 @@ def adapt_and_predict(
     ``keep_params`` also returns each task's adapted tensors (:attr:`Predictions.params`), so
     :func:`predict_adapted` can answer later queries without adapting again.
     """
+    prepared = prepare(model, meta_params, step_sizes, support_x, query_x, batching)
+    return adapt_prepared(prepared, support_y, support_weight, class_mask, loop, keep_params)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch with its shared prefix already run: what is left to adapt, and its inputs.
+
+    Several loops over the same batch (the per-request choice, :mod:`innerloop.loop_choice`)
+    run the prefix once this way instead of once per loop.
+    """
+
+    model: AdaptableModel
+    meta_params: Params
+    step_sizes: Mapping[str, Tensor]
+    batching: str  # resolved: "vmap" or "loop"
+    support_x: Tensor
+    query_x: Tensor
+
+    def subset(self, tasks: Tensor) -> Prepared:
+        """The same preparation for some of the tasks (a ``long`` index over the leading dim)."""
+        return replace(self, support_x=self.support_x[tasks], query_x=self.query_x[tasks])
+
+
+def prepare(
+    model: AdaptableModel,
+    meta_params: Params,
+    step_sizes: Mapping[str, Tensor],
+    support_x: Tensor,
+    query_x: Tensor,
+    batching: str = "auto",
+) -> Prepared:
+    """Split off and run the shared prefix (see :func:`adapt_and_predict`)."""
     model, meta_params, step_sizes, batching, prefix = _split(
         model, meta_params, step_sizes, batching
     )
@@ -248,6 +284,29 @@ def adapt_and_predict(
         # it once, as one large batch over all tasks' support and query rows, then adapt only
         # the rest. Exactly the same maths as running the whole body per task.
         support_x, query_x = _apply_flat_both(prefix, support_x, query_x)
+    return Prepared(
+        model, meta_params, step_sizes, _resolve(batching, support_x), support_x, query_x
+    )
+
+
+def adapt_prepared(
+    prepared: Prepared,
+    support_y: Tensor,
+    support_weight: Tensor,
+    class_mask: Tensor,
+    loop: InnerLoop,
+    keep_params: bool = False,
+    step_scale: float = 1.0,
+    query_x: Tensor | None = None,
+) -> Predictions:
+    """:func:`adapt_and_predict` after :func:`prepare`; ``step_scale`` multiplies every step
+    size (a requested lr), ``query_x`` replaces the prepared queries (already prefixed)."""
+    model, meta_params, batching = prepared.model, prepared.meta_params, prepared.batching
+    step_sizes: Mapping[str, Tensor] = prepared.step_sizes
+    if step_scale != 1.0:
+        step_sizes = {k: v * step_scale for k, v in step_sizes.items()}
+    support_x = prepared.support_x
+    query_x = prepared.query_x if query_x is None else query_x
     names = [*model.adapted_names(meta_params), HEAD_WEIGHT, HEAD_BIAS]
     if loop.tolerance > 0 and loop.steps > 0:
         return _adapt_until_converged(
@@ -257,7 +316,7 @@ def adapt_and_predict(
             (support_x, support_y, support_weight, class_mask),
             query_x,
             loop,
-            _resolve(batching, support_x),
+            batching,
             frozenset(names),
             keep_params,
         )
@@ -268,7 +327,7 @@ def adapt_and_predict(
         kept = {k: v for k, v in adapted.params.items() if k in names} if keep_params else {}
         return outputs, adapted.loss_before, adapted.loss_after, kept
 
-    each = vmap if _resolve(batching, support_x) == "vmap" else _per_task
+    each = vmap if batching == "vmap" else _per_task
     outputs, before, after, kept = each(one_task)(
         support_x, support_y, support_weight, class_mask, query_x
     )

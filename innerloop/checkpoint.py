@@ -88,6 +88,9 @@ def build_card(learner: Learner, name: str, extra: dict[str, Any] | None = None)
             "lr": learner.inner.lr,
             "optimizer": learner.inner.optimizer,
             "tolerance": learner.inner.tolerance,
+            # the per-request choice (innerloop.loop_choice): empty when it is off
+            "candidates": [list(c) for c in learner.inner.candidates],
+            "choice_folds": learner.inner.choice_folds,
         },
         "training": {},
         "evaluation": {},

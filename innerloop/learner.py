@@ -36,8 +36,11 @@ from innerloop.adaptation import (
     Predictions,
     SharedPrefix,
     adapt_and_predict,
+    adapt_prepared,
     predict_adapted,
+    prepare,
 )
+from innerloop.loop_choice import Candidate, normalise_candidates, predict_chosen, score
 from innerloop.models import (
     ArchConfig,
     apply_layer,
@@ -66,6 +69,18 @@ class InnerDefaults:
     lr: float = 0.4
     optimizer: str = "sgd"
     tolerance: float = 0.0  # early stop: see InnerLoop.tolerance (serving and evaluation)
+    # loops a request may choose among by holding out support examples (innerloop.loop_choice);
+    # empty: the choice is off. Normalised: sorted, with 0 steps and (steps, lr) among them.
+    candidates: tuple[Candidate, ...] = ()
+    choice_folds: int = 2  # held-out rounds (one example per label each)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.choice_folds, bool) or not isinstance(self.choice_folds, int):
+            raise ValueError(f"choice_folds must be an integer, got {self.choice_folds!r}")
+        if self.choice_folds < 1:
+            raise ValueError(f"choice_folds must be >= 1, got {self.choice_folds}")
+        normalised = normalise_candidates(self.candidates, (self.steps, float(self.lr)))
+        object.__setattr__(self, "candidates", normalised)
 
     def loop(self, steps: int | None = None, first_order: bool = True) -> InnerLoop:
         return InnerLoop(
@@ -306,8 +321,21 @@ class Learner:
         steps: int | None = None,
         lr: float | None = None,
         keep_params: bool = False,
+        choose: bool | None = None,
     ) -> Predictions:
-        """Adapt a batch of tasks (leading dim) and predict their queries, without a graph."""
+        """Adapt a batch of tasks (leading dim) and predict their queries, without a graph.
+
+        ``choose`` picks each task's loop among the card's candidates from its support set
+        (:mod:`innerloop.loop_choice`); ``None`` chooses exactly when the caller names no loop
+        (no ``steps``, no ``lr``) and the card turns the choice on. Tasks that cannot choose run
+        ``steps``/``lr`` (the card's loop by default).
+        """
+        if choose is None:
+            choose = steps is None and lr is None
+        if choose and self.choice_on:
+            return self._choose_and_predict(
+                support_x, support_y, support_weight, class_mask, query_x, steps, lr, keep_params
+            )
         loop = self.inner.loop(steps, first_order=True)
         with torch.no_grad():
             return adapt_and_predict(
@@ -322,6 +350,65 @@ class Learner:
                 loop,
                 keep_params=keep_params,
             )
+
+    @property
+    def choice_on(self) -> bool:
+        """Whether requests that name no loop choose one (classification cards only)."""
+        return self.task == "classification" and bool(self.inner.candidates)
+
+    def _choose_and_predict(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        support_weight: Tensor,
+        class_mask: Tensor,
+        query_x: Tensor,
+        steps: int | None,
+        lr: float | None,
+        keep_params: bool,
+    ) -> Predictions:
+        """The shared prefix runs once; every candidate and fold adapts what is after it."""
+        with torch.no_grad():
+            prepared = prepare(self, self.params, self.step_sizes, support_x, query_x)
+
+            def held_out(candidate: Candidate, weight: Tensor) -> Tensor:
+                loop = self.inner.loop(candidate[0], first_order=True)
+                return adapt_prepared(
+                    prepared,
+                    support_y,
+                    weight,
+                    class_mask,
+                    loop,
+                    step_scale=candidate[1] / self.inner.lr,
+                    query_x=prepared.support_x,
+                ).outputs
+
+            def run(candidate: Candidate, tasks: Tensor) -> Predictions:
+                loop = self.inner.loop(candidate[0], first_order=True)
+                return adapt_prepared(
+                    prepared.subset(tasks),
+                    support_y[tasks],
+                    support_weight[tasks],
+                    class_mask[tasks],
+                    loop,
+                    keep_params,
+                    step_scale=candidate[1] / self.inner.lr,
+                )
+
+            choice = score(
+                held_out,
+                self.inner.candidates,
+                support_x,
+                support_y,
+                support_weight,
+                class_mask,
+                self.inner.choice_folds,
+            )
+            default = (
+                self.inner.steps if steps is None else steps,
+                self.inner.lr if lr is None else lr,
+            )
+            return predict_chosen(choice, default, run)
 
     def predict_adapted(self, adapted: Params, query_x: Tensor, class_mask: Tensor) -> Tensor:
         """Outputs for new queries of tasks adapted earlier with ``keep_params=True``."""

@@ -48,6 +48,8 @@ def test_card_describes_the_model(tmp_path: Path) -> None:
         "lr": 0.05,
         "optimizer": "sgd",
         "tolerance": 0.0,
+        "candidates": [],
+        "choice_folds": 2,
     }
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,17 @@ from innerloop_training.tasks import task_batch
 from PIL import Image, ImageDraw
 from server_harness import ServerProcess, glyph, make_checkpoints
 
-from innerloop.checkpoint import load_checkpoint
+from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+    folder = make_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+    # the same model with the per-request choice on: 0 steps, its own loop, a larger step
+    learner, _ = load_checkpoint(folder / "omniglot.safetensors")
+    learner.inner = replace(learner.inner, candidates=((2, 0.01), (3, 0.2)))
+    save_checkpoint(learner, folder / "choosing.safetensors", build_card(learner, "choosing"))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +77,7 @@ def _png(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _requests(batch: EpisodeBatch) -> Iterator[tuple[dict[str, Any], list[str]]]:
+def _requests(batch: EpisodeBatch, model: str) -> Iterator[tuple[dict[str, Any], list[str]]]:
     for b in range(batch.batch_size):
         names = batch.class_names[b]
         weight = batch.support_weight[b].numpy()
@@ -83,14 +90,16 @@ def _requests(batch: EpisodeBatch) -> Iterator[tuple[dict[str, Any], list[str]]]
         ]
         query = [_png(x) for x in batch.query_x[b].numpy()]
         truth = [names[int(y)] for y in batch.query_y[b].tolist()]
-        yield {"model": "omniglot", "support": support, "query": query}, truth
+        yield {"model": model, "support": support, "query": query}, truth
 
 
+@pytest.mark.parametrize("model", ["omniglot", "choosing"])
 @pytest.mark.parametrize("unbalanced", [False, True], ids=["balanced", "unbalanced"])
 def test_served_accuracy_equals_evaluated_accuracy(
-    server: ServerProcess, checkpoints: Path, dataset: LabelledImages, unbalanced: bool
+    server: ServerProcess, checkpoints: Path, dataset: LabelledImages, unbalanced: bool, model: str
 ) -> None:
-    learner, _ = load_checkpoint(checkpoints / "omniglot.safetensors")
+    learner, _ = load_checkpoint(checkpoints / f"{model}.safetensors")
+    assert learner.choice_on == (model == "choosing")
     episodes = fixed_episodes(
         dataset,
         ways=5,
@@ -104,13 +113,24 @@ def test_served_accuracy_equals_evaluated_accuracy(
     evaluated = evaluate_learner(learner, [task_batch(b) for b in episodes])
 
     served: list[float] = []
+    choices: list[dict[str, Any] | None] = []
+    can_choose: list[bool] = []
     with httpx.Client(base_url=server.url, timeout=60.0) as client:
         for batch in episodes:
-            for body, truth in _requests(batch):
+            for body, truth in _requests(batch, model):
                 response = client.post("/v1/predict", json=body)
                 assert response.status_code == 200, response.text
                 labels = [p["label"] for p in response.json()["predictions"]]
                 served.append(float(np.mean([a == b for a, b in zip(labels, truth, strict=True)])))
+                choices.append(response.json()["adaptation"]["choice"])
+                counts = Counter(item["y"] for item in body["support"])
+                can_choose.append(min(counts.values()) >= 2)
+    if model == "choosing":
+        # a choice is made exactly where every label has two examples to hold one out
+        assert [c is not None and c["chosen"] is not None for c in choices] == can_choose
+        assert unbalanced or all(can_choose)
+    else:
+        assert choices == [None] * len(choices)
 
     assert len(served) == evaluated.episodes == 12
     assert 0.3 < evaluated.mean < 0.95  # not trivially perfect: wrong answers must match too

@@ -51,6 +51,8 @@ def adapter_id(task: Task) -> str:
     """Content hash of everything the adapted parameters depend on (the request's own view)."""
     digest = hashlib.sha256()
     header = {"model": task.model, "steps": task.steps, "lr": task.lr, "labels": task.labels}
+    if task.choose:  # the loop is chosen from the support set: not the same adapter
+        header["choose"] = True
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
     for array in (task.support_x, task.support_y):
         digest.update(str(array.dtype).encode() + str(array.shape).encode())

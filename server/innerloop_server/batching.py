@@ -25,6 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,8 @@ class Result:
     batch_ms: float = 0.0  # wall time of the whole shared call
     params: dict[str, torch.Tensor] | None = None  # adapted tensors (adapt requests only)
     steps_run: int | None = None  # inner steps this task ran (fewer when the loop stopped early)
+    loop: tuple[int, float] | None = None  # (steps, lr) the per-request choice ran, if it chose
+    choice: dict[str, Any] | None = None  # what the choice saw (``Choice.describe``)
 
 
 MAX_PADDING = 2.0  # padded support rows per real row that a shared call may process
@@ -118,13 +121,22 @@ def run_group(learner: Learner, tasks: Sequence[Task], device: torch.device | st
     Each task's ``ms`` is its share of the call by rows (support + queries): the cost it added,
     not the whole batch's time.
     """
-    steps, lr = tasks[0].steps, tasks[0].lr
+    steps, lr, choose = tasks[0].steps, tasks[0].lr, tasks[0].choose
     keep = tasks[0].kind == "adapt"
     started = time.perf_counter()
     support_x, support_y, weight, mask, query_x = pad_group(tasks, device)
     predictions = learner.adapt_and_predict(
-        support_x, support_y, weight, mask, query_x, steps=steps, lr=lr, keep_params=keep
+        support_x,
+        support_y,
+        weight,
+        mask,
+        query_x,
+        steps=steps,
+        lr=lr,
+        keep_params=keep,
+        choose=choose,
     )
+    choice = predictions.choice
     outputs = predictions.outputs
     before = predictions.loss_before.cpu().tolist()
     after = predictions.loss_after.cpu().tolist()
@@ -139,6 +151,8 @@ def run_group(learner: Learner, tasks: Sequence[Task], device: torch.device | st
     for i in range(len(tasks)):
         params = {k: v[i].clone() for k, v in kept.items()} if keep else None
         share = batch_ms * rows[i] / sum(rows)
+        described = choice.describe(i) if choice is not None else None
+        chosen = described["chosen"] if described is not None else None
         results.append(
             Result(
                 host[i],
@@ -149,6 +163,8 @@ def run_group(learner: Learner, tasks: Sequence[Task], device: torch.device | st
                 batch_ms,
                 params,
                 int(ran[i]),
+                (int(chosen["steps"]), float(chosen["lr"])) if chosen is not None else None,
+                described,
             )
         )
     return results

@@ -37,6 +37,7 @@ import numpy as np
 from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 
+from innerloop import loop_choice
 from innerloop.preprocessing import prepare_image
 from innerloop_server.errors import request_error
 from innerloop_server.limits import Limits
@@ -68,6 +69,10 @@ class Task:
     decode_ms: float = field(default=0.0)
     kind: str = "predict"  # predict | adapt (POST /v1/adapt) | adapter (predict with an adapter)
     adapter: str | None = None  # the adapter id (kind "adapter"; set for "adapt" once made)
+    # choose the loop among the card's candidates (innerloop.loop_choice): the request named no
+    # loop and the card turns the choice on; ``choice_note`` says why a choice was skipped
+    choose: bool = False
+    choice_note: str | None = None
 
     def __repr__(self) -> str:
         # LitServe logs every request with an eager f-string (``logger.debug(f"...{request}")``)
@@ -75,13 +80,14 @@ class Task:
         # ~6% of the HTTP process's time under load
         return (
             f"Task({self.kind}, model={self.model!r}, support={len(self.support_x)}, "
-            f"query={len(self.query_x)}, steps={self.steps}, lr={self.lr})"
+            f"query={len(self.query_x)}, steps={self.steps}, lr={self.lr}"
+            + (", choose)" if self.choose else ")")
         )
 
     @property
-    def group_key(self) -> tuple[str, int, float, str]:
+    def group_key(self) -> tuple[str, int, float, str, bool]:
         """Requests with equal keys can share one ``adapt_and_predict`` call."""
-        return (self.model, self.steps, self.lr, self.kind)
+        return (self.model, self.steps, self.lr, self.kind, self.choose)
 
 
 class TooLargeToDecodeInline(Exception):
@@ -141,6 +147,7 @@ def decode_request(
         raise request_error(422, "lr", f"{lr} is outside the allowed range (0, {limits.max_lr}]")
     queries = [] if isinstance(request, AdaptRequest) else request.query
     check_work(len(request.support or []), steps, len(queries), limits)
+    choose, choice_note = _choice(request, model, steps, len(queries), limits)
     top_k = getattr(request, "top_k", None)
     if top_k is not None:
         if model.task != "classification":
@@ -194,7 +201,31 @@ def decode_request(
         query_x,
         decode_ms=decode_ms,
         kind=kind,
+        choose=choose,
+        choice_note=choice_note,
     )
+
+
+def _choice(
+    request: PredictRequest | AdaptRequest, model: Model, steps: int, queries: int, limits: Limits
+) -> tuple[bool, str | None]:
+    """Whether this request chooses its loop, and, when the card's choice is skipped, why.
+
+    The choice is the server's idea, not the request's, so its cost never refuses a request:
+    past ``--max-work`` the card's default loop runs and the answer says so."""
+    learner = model.learner
+    if not learner.choice_on or request.steps is not None or request.lr is not None:
+        return False, None
+    support = len(request.support or [])
+    extra = loop_choice.work(support, learner.inner.candidates, learner.inner.choice_folds)
+    total = limits.work(support, steps, queries) + extra
+    if total > limits.max_work:
+        return False, (
+            f"skipped: choosing would take this request to {total} units of work, over "
+            f"--max-work {limits.max_work}; the model's default loop ran (send fewer support "
+            "items to have it choose)"
+        )
+    return True, None
 
 
 def decode_queries(

@@ -22,17 +22,22 @@ def encode_answer(task: Task, result: Result, scope: str) -> dict[str, Any]:
 
     A NaN or infinite result is a 422 that says what to change, never a 200 full of ``null``.
     """
-    refuse_non_finite(result.outputs, [result.loss_before, result.loss_after], task.steps, task.lr)
+    steps, lr = result.loop if result.loop is not None else (task.steps, task.lr)
+    refuse_non_finite(result.outputs, [result.loss_before, result.loss_after], steps, lr)
+    choice = result.choice
+    if choice is None and task.choice_note is not None:
+        choice = {"chosen": None, "reason": task.choice_note}
     adaptation = {
-        "steps": task.steps if result.steps_run is None else result.steps_run,
-        "max_steps": task.steps,
-        "lr": task.lr,
+        "steps": steps if result.steps_run is None else result.steps_run,
+        "max_steps": steps,
+        "lr": lr,
         "support_loss": [result.loss_before, result.loss_after],
         "ms": round(result.ms, 3),
         "batch_size": result.batch_size,
         "batch_ms": round(result.batch_ms, 3),
         "scope": scope,
         "adapter": task.adapter,
+        "choice": choice,
     }
     if task.kind == "adapt":
         return {

@@ -113,6 +113,27 @@ class RegressionPrediction(BaseModel):
     y: list[float]
 
 
+class Loop(BaseModel):
+    steps: int
+    lr: float
+
+
+class ScoredLoop(Loop):
+    held_out_correct: int | None = Field(
+        None, description="Held-out support examples this loop labelled right."
+    )
+    held_out_loss: float | None = Field(None, description="Their mean cross-entropy.")
+
+
+class LoopChoice(BaseModel):
+    """The per-request choice among the card's loops, made on held-out support examples."""
+
+    chosen: Loop | None = Field(description="The loop that ran; null when none was chosen.")
+    reason: str = Field(description="Why it won, or why no choice was made.")
+    held_out: int | None = Field(None, description="Support examples held out to score loops.")
+    candidates: list[ScoredLoop] = Field(default_factory=list)
+
+
 class Adaptation(BaseModel):
     steps: int = Field(description="Inner steps run (fewer than max_steps when it converged).")
     max_steps: int | None = Field(None, description="The step budget: requested or the card's.")
@@ -126,6 +147,11 @@ class Adaptation(BaseModel):
     batch_ms: float = Field(0.0, description="Wall milliseconds of the whole shared call.")
     scope: str = Field("all", description="What the inner loop adapted (all, film, last, head).")
     adapter: str | None = Field(None, description="The adapter id, when one was used or made.")
+    choice: LoopChoice | None = Field(
+        None,
+        description="Present when the model's card turns the per-request choice on and the "
+        "request named neither steps nor lr.",
+    )
 
 
 class PredictResponse(BaseModel):
