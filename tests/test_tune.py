@@ -100,3 +100,34 @@ def test_tune_never_serves_a_loop_worse_than_the_prototype_baseline(tmp_path: Pa
     assert learner.scope == "film" and learner.inner.steps == 0
     assert "body.0.weight" in learner.frozen and "body.1.weight" not in learner.frozen
     assert set(learner.step_sizes) == set(learner.parameter_names()) - learner.frozen
+
+
+@pytest.mark.skipif(
+    DATA is None or not (DATA / "omniglot").exists() or not (DATA / "quickdraw").exists(),
+    reason="needs /work/shared/data (Omniglot and Quick Draw)",
+)
+def test_tune_can_turn_the_per_request_choice_on(tmp_path: Path) -> None:
+    """--choose-among N writes the chosen loop, 0 steps and the N next-best loops of its scope
+    as the card's candidates; the loaded model then chooses for requests that name no loop."""
+    path = tmp_path / "omniglot.safetensors"
+    shutil.copy(REPO / "checkpoints" / "omniglot.safetensors", path)
+    result = tune(
+        str(path), "--ways", "5", "--shots", "1", "--scopes", "film", "--steps", "0", "1", "2",
+        "--lr", "0.1", "--episodes", "2", "--threads", "1", "--choose-among", "1", "--write",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    card = read_card(path)
+    grid = card["inner_loop_tuning"]["grid"]
+    served = (card["inner_loop"]["steps"], card["inner_loop"]["lr"])
+    others = sorted(
+        (c for c in grid if c["steps"] > 0 and (c["steps"], c["lr"]) != served),
+        key=lambda c: -c["mean_gain"],
+    )
+    # one lr in the grid: a loop is known by its steps
+    expected = {0, served[0], others[0]["steps"]}
+    written = [steps for steps, _ in card["inner_loop"]["candidates"]]
+    assert sorted(written) == sorted(expected)
+    assert "choice" in card["inner_loop_tuning"]
+    learner, _ = load_checkpoint(path)
+    assert learner.choice_on and len(learner.inner.candidates) == len(expected)

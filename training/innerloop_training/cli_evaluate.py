@@ -291,6 +291,10 @@ def _evaluate_one(
         "steps": args.steps if args.steps is not None else learner.inner.steps,
         "lr": args.lr if args.lr is not None else learner.inner.lr,
         "scope": learner.scope,
+        # the card's candidates when each episode chose its loop (no --steps, no --lr)
+        "choice": [list(c) for c in learner.inner.candidates]
+        if learner.choice_on and args.steps is None and args.lr is None
+        else None,
         "seconds": round(time.monotonic() - started, 2),
         "device": device.type,
     }

@@ -86,6 +86,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="store the chosen (scope, steps, lr) as the card's default",
     )
+    add(
+        "--choose-among",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --write, turn the per-request choice on: requests that name no loop choose "
+        "among 0 steps, the chosen loop and the N next-best loops of its scope by holding out "
+        "support examples (default 0: off)",
+    )
     add("--threads", type=int, default=None, help="torch CPU threads")
     add_device_argument(parser)
 
@@ -149,8 +158,28 @@ def run(args: argparse.Namespace) -> int:
             "among loops not worse than it in-domain in any setting; ties: fewer steps, "
             "cheaper scope",
         }
-        _write(learner, card, args.checkpoint, best, default, grid, tuning)
+        candidates = _candidates(grid, best, args.choose_among)
+        if candidates:
+            tuning["choice"] = "per request among 0 steps, the chosen loop and the next "
+            f"{args.choose_among} by mean gain in its scope (innerloop.loop_choice)"
+        _write(learner, card, args.checkpoint, best, default, grid, tuning, candidates)
     return 0
+
+
+def _candidates(
+    grid: list[dict[str, Any]], best: dict[str, Any], among: int
+) -> tuple[tuple[int, float], ...]:
+    """The loops of the per-request choice: the best cell's scope's ``among`` next-best cells
+    (by mean gain) besides the best itself; 0 steps and the best are added on loading."""
+    if among <= 0 or "mean_gain" not in best:  # regression models do not choose
+        return ()
+    same_scope = [
+        c for c in grid if c["scope"] == best["scope"] and int(c["steps"]) > 0 and c is not best
+    ]
+    ranked = sorted(same_scope, key=lambda c: -float(c["mean_gain"]))
+    return tuple((int(c["steps"]), float(c["lr"])) for c in ranked[:among]) or (
+        (0, float(best["lr"])),
+    )
 
 
 def _around(lr: float) -> list[float]:
@@ -284,15 +313,14 @@ def _write(
     default: dict[str, Any],
     grid: list[dict[str, Any]],
     tuning: dict[str, Any],
+    candidates: tuple[tuple[int, float], ...] = (),
 ) -> None:
     chosen = learner.with_scope(str(best["scope"]))
     chosen.step_sizes = chosen.scaled_step_sizes(float(best["lr"]))
-    chosen.inner = InnerDefaults(int(best["steps"]), float(best["lr"]), learner.inner.optimizer)
-    card["inner_loop"] = {
-        "steps": chosen.inner.steps,
-        "lr": chosen.inner.lr,
-        "optimizer": chosen.inner.optimizer,
-    }
+    chosen.inner = InnerDefaults(
+        int(best["steps"]), float(best["lr"]), learner.inner.optimizer, candidates=candidates
+    )
+    card["inner_loop"] = build_card(chosen, str(card.get("name", "model")))["inner_loop"]
     card["adaptation"] = build_card(chosen, str(card.get("name", "model")))["adaptation"]
     card["inner_loop_tuning"] = {
         "command": display_command(sys.argv),

@@ -14,6 +14,7 @@ the loop must clear, not chance.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -39,6 +40,9 @@ class EvaluationResult:
     per_episode: list[float] = field(repr=False)
     settings: dict[str, object] = field(default_factory=dict)
     prototype: list[float] | None = field(default=None, repr=False)
+    # per-request choice (innerloop.loop_choice): episodes per loop that ran, "steps@lr", and
+    # "default" where a label had one example; None when the choice was off
+    chosen: dict[str, int] | None = None
 
     @property
     def prototype_accuracy(self) -> tuple[float, float] | None:
@@ -78,6 +82,9 @@ class EvaluationResult:
                     f", prototype baseline {100 * baseline[0]:.2f}% ± {100 * baseline[1]:.2f}%, "
                     f"gain {100 * gain[0]:+.2f} ± {100 * gain[1]:.2f} points"
                 )
+            if self.chosen:
+                loops = ", ".join(f"{k} x{v}" for k, v in self.chosen.items())
+                text += f"; loop chosen per episode: {loops}"
             return f"{text} ({self.episodes} episodes)"
         return f"mse {self.mean:.4f} ± {self.ci95:.4f} ({self.episodes} tasks)"
 
@@ -95,9 +102,15 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 
 def episode_scores(
-    learner: Learner, batch: TaskBatch, steps: int | None = None, lr: float | None = None
+    learner: Learner,
+    batch: TaskBatch,
+    steps: int | None = None,
+    lr: float | None = None,
+    chosen: Counter[str] | None = None,
 ) -> list[float]:
-    """Per-task accuracy (classification) or query MSE (regression) of one batch of tasks."""
+    """Per-task accuracy (classification) or query MSE (regression) of one batch of tasks.
+
+    ``chosen`` counts the loop each task ran when the per-request choice was made."""
     predictions = learner.adapt_and_predict(
         batch.support_x,
         batch.support_y,
@@ -108,6 +121,13 @@ def episode_scores(
         lr=lr,
     )
     outputs = predictions.outputs
+    if chosen is not None and predictions.choice is not None:
+        for index in predictions.choice.chosen.tolist():
+            if index < 0:
+                chosen["default"] += 1
+            else:
+                steps_c, lr_c = predictions.choice.candidates[index]
+                chosen[f"{steps_c}@{lr_c:g}"] += 1
     if learner.task == "classification":
         scores = (outputs.argmax(-1) == batch.query_y).float().mean(-1)
     else:
@@ -155,6 +175,7 @@ def evaluate_learner(
     (classification only). ``device`` moves each batch there (the learner must already be).
     """
     per_episode: list[float] = []
+    chosen: Counter[str] = Counter()
     classification = learner.task == "classification"
     prototype: list[float] | None = [] if baseline and classification else None
     iterator: Iterable[TaskBatch] = batches
@@ -166,9 +187,17 @@ def evaluate_learner(
         for batch in iterator:
             if device is not None:
                 batch = batch.to(device)
-            per_episode.extend(episode_scores(learner, batch, steps, lr))
+            per_episode.extend(episode_scores(learner, batch, steps, lr, chosen))
             if prototype is not None:
                 prototype.extend(prototype_scores(learner, batch))
     mean, ci = mean_ci95(per_episode)
     metric = "accuracy" if classification else "mse"
-    return EvaluationResult(metric, mean, ci, len(per_episode), per_episode, prototype=prototype)
+    return EvaluationResult(
+        metric,
+        mean,
+        ci,
+        len(per_episode),
+        per_episode,
+        prototype=prototype,
+        chosen=dict(sorted(chosen.items())) if chosen else None,
+    )
