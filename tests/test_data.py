@@ -469,3 +469,32 @@ def test_regression_determinism_and_logistic() -> None:
         make_task_family("cosine")
     with pytest.raises(ValueError):
         load_image_dataset("sine", "train")
+
+
+def test_sketches_is_both_training_sets_and_episodes_keep_to_one_domain() -> None:
+    from innerloop_training.episodes import fixed_episodes
+    from innerloop_training.sources import ImageTaskSource, build_source
+
+    root = _data_dir("quickdraw").parent
+    _data_dir("omniglot")
+    sketches = load_image_dataset("sketches", "val", root, max_per_class=20)
+    parts = {
+        d: load_image_dataset(d, "val", root, max_per_class=20) for d in ("omniglot", "quickdraw")
+    }
+    assert sketches.class_names == [
+        f"{d}/{n}" for d in ("omniglot", "quickdraw") for n in parts[d].class_names
+    ]
+    assert sketches.source["dataset"] == "sketches"
+    # neither test set leaks into the sketches training classes
+    train = set(load_image_dataset("sketches", "train", root, max_per_class=1).class_names)
+    for domain in ("omniglot", "quickdraw"):
+        test = load_image_dataset(domain, "test", root, max_per_class=1).class_names
+        assert train.isdisjoint(f"{domain}/{n}" for n in test)
+    source = build_source("sketches", "val", ways=5, shots=1, queries=1, seed=3, data_root=root)
+    assert isinstance(source, ImageTaskSource)
+    domains = set()
+    for batch in fixed_episodes(source.data, 5, 1, 1, 40, 3, groups=source.groups):
+        for names in batch.class_names:
+            assert len({n.split("/", 1)[0] for n in names}) == 1  # one domain per episode
+            domains.add(names[0].split("/", 1)[0])
+    assert domains == {"omniglot", "quickdraw"}

@@ -20,6 +20,7 @@ from innerloop_training.data.registry import (
     REGRESSION_DATASETS,
     load_image_dataset,
     load_task_family,
+    sketch_domain_of,
 )
 from innerloop_training.data.regression import RegressionTaskFamily
 from innerloop_training.episodes import EpisodeSampler, fixed_episodes
@@ -158,4 +159,6 @@ def build_source(
         if dataset != "omniglot":
             raise ValueError(f"within-alphabet episodes are for omniglot, not {dataset}")
         groups = [omniglot_alphabet_of(name) for name in data.class_names]
+    elif dataset == "sketches":  # letters or doodles, never both in one episode: half each
+        groups = [sketch_domain_of(name) for name in data.class_names]
     return ImageTaskSource(data, ways, shots, queries, seed, unbalanced, groups)

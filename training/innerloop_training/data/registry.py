@@ -16,6 +16,10 @@ Splits:
 - ``quickdraw``: by category over both sources, fractions 0.7/0.1/0.2, ``seed``
   (:func:`~innerloop_training.data.quickdraw.build_quickdraw_splits`).
 - ``folder``: by class folder, fractions 0.7/0.1/0.2, ``seed``.
+- ``sketches``: Omniglot's split and Quick Draw's split together (the same ``seed`` for both), so
+  its train classes are exactly the union of theirs and neither test set leaks in; class names
+  are prefixed ``omniglot/`` and ``quickdraw/`` (:data:`SKETCH_DOMAINS`), and episodes draw all
+  their classes from one domain (:func:`sketch_domain_of`).
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from innerloop_training.data.omniglot import (
 from innerloop_training.data.quickdraw import QUICKDRAW345_FILE, build_quickdraw_splits
 from innerloop_training.data.regression import RegressionTaskFamily, make_task_family
 
-IMAGE_DATASETS: tuple[str, ...] = ("omniglot", "quickdraw", "folder")
+IMAGE_DATASETS: tuple[str, ...] = ("omniglot", "quickdraw", "sketches", "folder")
+SKETCH_DOMAINS: tuple[str, ...] = ("omniglot", "quickdraw")
 REGRESSION_DATASETS: tuple[str, ...] = ("sine", "logistic")
 DATASETS: tuple[str, ...] = IMAGE_DATASETS + REGRESSION_DATASETS
 OMNIGLOT_SPLIT_SCHEMES: tuple[str, ...] = ("alphabets", "vinyals")
@@ -169,6 +174,22 @@ def load_image_dataset(
             size=size,
             splits=[split],
         )[split]
+    elif name == "sketches":
+        parts = []
+        for domain in SKETCH_DOMAINS:
+            part = load_image_dataset(
+                domain,
+                split,
+                data_root,
+                size,
+                seed,
+                split_scheme=split_scheme,
+                rich_in_train=rich_in_train,
+                max_per_class=max_per_class,
+            )
+            part.class_names = [f"{domain}/{n}" for n in part.class_names]
+            parts.append(part)
+        data = LabelledImages.concatenate(parts)
     elif name == "folder":
         folder = path if path is not None else data_root
         if folder is None:
@@ -191,9 +212,14 @@ def load_image_dataset(
     else:
         raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
     data.source = {**data.source, "dataset": name, "split": split, "seed": seed, "size": size}
-    if name == "omniglot":
+    if name in ("omniglot", "sketches"):
         data.source["split_scheme"] = split_scheme
     return data.with_rotations() if rotations else data
+
+
+def sketch_domain_of(class_name: str) -> str:
+    """``omniglot/Latin/character01@rot90`` -> ``omniglot``: the domain of a ``sketches`` class."""
+    return class_name.split("/", 1)[0]
 
 
 def load_task_family(name: str, **ranges: tuple[float, float]) -> RegressionTaskFamily:
