@@ -108,6 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(so a 1-shot support set is not fit before the inner loop starts); default: none",
     )
     add(
+        "--augment",
+        action="store_true",
+        help="distort every meta-training drawing a little (shifts, scales, small rotations, "
+        "thicker strokes; innerloop_training.augment); validation never is",
+    )
+    add(
         "--max-ways",
         type=int,
         default=DEFAULTS.max_ways,

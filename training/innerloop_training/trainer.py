@@ -30,12 +30,14 @@ from innerloop.learner import InnerDefaults, Learner
 from innerloop.models import ArchConfig
 from innerloop.scopes import HEAD_LOG_SCALE
 from innerloop_training.algorithms import OuterConfig, build_algorithm, resolve_outer
+from innerloop_training.augment import Augmentation, augment_batch
 from innerloop_training.devices import learner_to, resolve_device
 from innerloop_training.evaluation import EvaluationResult, evaluate_learner
 from innerloop_training.sources import TaskSource, build_source
 from innerloop_training.warpgrad import WarpGradConfig
 
 STEP_SIZE_LEARNING = ("none", "tensor", "parameter")
+AUGMENTATION = Augmentation()  # what --augment draws from (recorded in the card)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class TrainConfig:
     head: str = "proto"
     # a meta-learned logit scale on the proto head, started at this value (None: unscaled)
     head_scale: float | None = None
+    augment: bool = False  # distort meta-training drawings (innerloop_training.augment)
     max_ways: int = 50
     inner_steps: int = 5
     inner_lr: float = 0.1
@@ -112,6 +115,8 @@ class TrainConfig:
             )
         if self.learn_step_sizes != "none" and self.algorithm not in ("maml", "fomaml", "metasgd"):
             raise ValueError("learned step sizes need maml, fomaml or metasgd")
+        if self.augment and self.is_regression:
+            raise ValueError("--augment distorts drawings; regression tasks have none")
         warped = self.algorithm in ("warp", "warp-leap")
         if self.warp is None:
             self.warp = ("linear" if self.is_regression else "conv") if warped else "none"
@@ -323,7 +328,10 @@ class Trainer:
             while done < config.meta_steps and not stop:
                 warm = done < config.first_order_warmup
                 self.algorithm.loop = first_order_loop if warm else second_order_loop
-                batch = self.train_source.sample(config.meta_batch).to(self.device)
+                batch = self.train_source.sample(config.meta_batch)
+                if config.augment:  # seeded by the step: a resumed run sees the same draws
+                    batch = augment_batch(batch, AUGMENTATION, config.seed * 1_000_003 + done)
+                batch = batch.to(self.device)
                 metrics = self.algorithm.step(batch)
                 done += 1
                 record: dict[str, Any] = {
@@ -372,6 +380,8 @@ class Trainer:
             "hardware": describe_hardware(self.device),
             "data": self.train_source.describe(),
         }
+        if self.config.augment:
+            training["augmentation"] = AUGMENTATION.to_dict()
         if self.init_history is not None:
             training["init"] = self.init_history
         evaluation = {"validation": validation.to_dict()}
