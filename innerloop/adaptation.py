@@ -207,6 +207,9 @@ class Predictions:
     params: Params | None = None  # adapted tensors per task (leading task dim), if kept
     steps: Tensor | None = None  # [tasks] inner steps each task ran, when the loop stops early
     choice: Choice | None = None  # the per-request choice of loop, when one was made
+    # [tasks, steps, queries, ...] outputs after each inner step 1..K (the last is ``outputs``),
+    # when asked for (MAML++'s multi-step loss)
+    step_outputs: Tensor | None = None
 
 
 def adapt_and_predict(
@@ -221,6 +224,7 @@ def adapt_and_predict(
     loop: InnerLoop,
     batching: str = "auto",
     keep_params: bool = False,
+    step_outputs: bool = False,
 ) -> Predictions:
     """Adapt every task of a batch on its support set and predict its queries.
 
@@ -241,10 +245,19 @@ def adapt_and_predict(
     batch (the server's "share what a batch has in common").
 
     ``keep_params`` also returns each task's adapted tensors (:attr:`Predictions.params`), so
-    :func:`predict_adapted` can answer later queries without adapting again.
+    :func:`predict_adapted` can answer later queries without adapting again; ``step_outputs``
+    the query outputs after every inner step (:attr:`Predictions.step_outputs`).
     """
     prepared = prepare(model, meta_params, step_sizes, support_x, query_x, batching)
-    return adapt_prepared(prepared, support_y, support_weight, class_mask, loop, keep_params)
+    return adapt_prepared(
+        prepared,
+        support_y,
+        support_weight,
+        class_mask,
+        loop,
+        keep_params,
+        step_outputs=step_outputs,
+    )
 
 
 @dataclass(frozen=True)
@@ -298,6 +311,7 @@ def adapt_prepared(
     keep_params: bool = False,
     step_scale: float = 1.0,
     query_x: Tensor | None = None,
+    step_outputs: bool = False,
 ) -> Predictions:
     """:func:`adapt_and_predict` after :func:`prepare`; ``step_scale`` multiplies every step
     size (a requested lr), ``query_x`` replaces the prepared queries (already prefixed)."""
@@ -309,6 +323,8 @@ def adapt_prepared(
     query_x = prepared.query_x if query_x is None else query_x
     names = [*model.adapted_names(meta_params), HEAD_WEIGHT, HEAD_BIAS]
     if loop.tolerance > 0 and loop.steps > 0:
+        if step_outputs:
+            raise ValueError("step outputs are for meta-training, which stops no task early")
         return _adapt_until_converged(
             model,
             meta_params,
@@ -322,16 +338,31 @@ def adapt_prepared(
         )
 
     def one_task(sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor, qx: Tensor) -> tuple[Any, ...]:
-        adapted = adapt(model, meta_params, step_sizes, sx, sy, sw, cm, loop)
+        seen: list[Tensor] = []
+
+        def observe(step: int, fast: Params, _grads: Params, _loss: Tensor) -> None:
+            if step > 0:  # the parameters after step ``step`` (before its successor's update)
+                fixed = {k: v for k, v in meta_params.items() if k not in fast}
+                seen.append(model.forward({**fixed, **fast}, qx, cm))
+
+        trajectory = observe if step_outputs else None
+        adapted = adapt(model, meta_params, step_sizes, sx, sy, sw, cm, loop, trajectory)
         outputs = model.forward(adapted.params, qx, cm)
         kept = {k: v for k, v in adapted.params.items() if k in names} if keep_params else {}
-        return outputs, adapted.loss_before, adapted.loss_after, kept
+        steps = torch.stack([*seen, outputs]) if step_outputs else outputs[None]
+        return outputs, adapted.loss_before, adapted.loss_after, kept, steps
 
     each = vmap if batching == "vmap" else _per_task
-    outputs, before, after, kept = each(one_task)(
+    outputs, before, after, kept, steps = each(one_task)(
         support_x, support_y, support_weight, class_mask, query_x
     )
-    return Predictions(outputs, before, after, kept if keep_params else None)
+    return Predictions(
+        outputs,
+        before,
+        after,
+        kept if keep_params else None,
+        step_outputs=steps if step_outputs else None,
+    )
 
 
 def _adapt_until_converged(

@@ -130,8 +130,26 @@ class MetaAlgorithm(ABC):
         return norm
 
 
+def multi_step_weights(steps: int, progress: float) -> list[float]:
+    """MAML++'s multi-step loss weights over inner steps 1..K at ``progress`` in [0, 1].
+
+    Uniform (1/K each) at the start; every step but the last decays linearly to 0.03/K, and the
+    last takes what the others give up, so by ``progress`` 1 the loss is (almost) the last
+    step's alone, as in Antoniou et al.'s importance vector."""
+    if steps < 1:
+        raise ValueError(f"the multi-step loss needs inner steps, got {steps}")
+    uniform, floor = 1.0 / steps, 0.03 / steps
+    progress = min(max(progress, 0.0), 1.0)
+    early = [uniform - progress * (uniform - floor)] * (steps - 1)
+    return [*early, 1.0 - sum(early)]
+
+
 class GradientMetaLearner(MetaAlgorithm):
-    """MAML, first-order MAML and Meta-SGD: back-propagate the query loss into the init."""
+    """MAML, first-order MAML and Meta-SGD: back-propagate the query loss into the init.
+
+    With ``multi_step_loss`` N > 0 the outer loss is MAML++'s weighted sum of the query losses
+    after every inner step (:func:`multi_step_weights`), annealed to the last step's over the
+    first N meta-steps; the trainer sets :attr:`meta_step`."""
 
     def __init__(
         self,
@@ -140,8 +158,11 @@ class GradientMetaLearner(MetaAlgorithm):
         loop: InnerLoop,
         outer: OuterConfig,
         learn_step_sizes: bool = False,
+        multi_step_loss: int = 0,
     ) -> None:
         self.name = name
+        self.multi_step_loss = multi_step_loss
+        self.meta_step = 0
         self.learn_step_sizes = learn_step_sizes or name == "metasgd"
         # learned step sizes of MAML / first-order MAML (MAML++'s LSLR) stay >= 0: left free,
         # the outer loop turned the head's steps negative within 250 meta-steps, a loop that
@@ -157,6 +178,7 @@ class GradientMetaLearner(MetaAlgorithm):
         return tensors
 
     def step(self, batch: TaskBatch) -> dict[str, float]:
+        multi_step = self.multi_step_loss > 0 and self.loop.steps > 1
         predictions = adapt_and_predict(
             self.learner,
             self.learner.params,
@@ -167,9 +189,21 @@ class GradientMetaLearner(MetaAlgorithm):
             batch.class_mask,
             batch.query_x,
             self.loop,
+            step_outputs=multi_step,
         )
         loss, score = query_metrics(self.learner, predictions.outputs, batch.query_y)
-        loss.backward()
+        objective = loss
+        if multi_step and predictions.step_outputs is not None:
+            weights = multi_step_weights(self.loop.steps, self.meta_step / self.multi_step_loss)
+            objective = sum(
+                (
+                    w
+                    * query_metrics(self.learner, predictions.step_outputs[:, i], batch.query_y)[0]
+                    for i, w in enumerate(weights)
+                ),
+                torch.zeros((), device=loss.device),
+            )
+        objective.backward()
         grad_norm = self._apply()
         if self.nonnegative_step_sizes:
             with torch.no_grad():
@@ -266,19 +300,21 @@ def build_algorithm(
     outer: OuterConfig,
     warp: WarpGradConfig | None = None,
     learn_step_sizes: bool = False,
+    multi_step_loss: int = 0,
 ) -> MetaAlgorithm:
     """The meta-learner for ``name``; ``inner.first_order`` is set to what the method needs.
 
     ``warp`` configures ``warp`` / ``warp-leap`` (default :class:`WarpGradConfig`; its
     ``learn_init`` is set from the name). ``learn_step_sizes``: the MAML family also learns
-    the learner's step sizes, whatever their shape (Meta-SGD always does)."""
-    learn = learn_step_sizes
-    if name == "maml":
-        return GradientMetaLearner(name, learner, replace(inner, first_order=False), outer, learn)
-    if name == "metasgd":  # second order unless the caller asked for first-order Meta-SGD
-        return GradientMetaLearner(name, learner, inner, outer, learn)
-    if name == "fomaml":
-        return GradientMetaLearner(name, learner, replace(inner, first_order=True), outer, learn)
+    the learner's step sizes, whatever their shape (Meta-SGD always does). ``multi_step_loss``:
+    MAML++'s annealed multi-step loss over that many meta-steps (MAML family only)."""
+    learn, msl = learn_step_sizes, multi_step_loss
+    gradient = {"maml": False, "fomaml": True, "metasgd": inner.first_order}
+    if msl and name not in gradient:
+        raise ValueError(f"the multi-step loss is for maml, fomaml and metasgd, not {name}")
+    if name in gradient:  # metasgd: second order unless the caller asked for first order
+        loop = replace(inner, first_order=gradient[name])
+        return GradientMetaLearner(name, learner, loop, outer, learn, msl)
     if name == "reptile":
         return Reptile(learner, replace(inner, first_order=True), outer)
     # imported here: these modules build on MetaAlgorithm from this one

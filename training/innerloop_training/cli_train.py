@@ -108,6 +108,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(so a 1-shot support set is not fit before the inner loop starts); default: none",
     )
     add(
+        "--multi-step-loss",
+        type=int,
+        default=DEFAULTS.multi_step_loss,
+        metavar="N",
+        help="MAML++'s multi-step loss: the query loss after every inner step, weighted, "
+        "annealed to the last step's over the first N meta-steps (default 0: last step only)",
+    )
+    add(
         "--augment",
         action="store_true",
         help="distort every meta-training drawing a little (shifts, scales, small rotations, "

@@ -29,7 +29,12 @@ from innerloop.checkpoint import build_card, load_checkpoint, save_checkpoint
 from innerloop.learner import InnerDefaults, Learner
 from innerloop.models import ArchConfig
 from innerloop.scopes import HEAD_LOG_SCALE
-from innerloop_training.algorithms import OuterConfig, build_algorithm, resolve_outer
+from innerloop_training.algorithms import (
+    GradientMetaLearner,
+    OuterConfig,
+    build_algorithm,
+    resolve_outer,
+)
 from innerloop_training.augment import Augmentation, augment_batch
 from innerloop_training.devices import learner_to, resolve_device
 from innerloop_training.evaluation import EvaluationResult, evaluate_learner
@@ -74,6 +79,8 @@ class TrainConfig:
     # metasgd, none otherwise
     learn_step_sizes: str | None = None
     first_order_warmup: int = 0
+    # MAML++'s multi-step loss, annealed to the last step's over this many meta-steps (0: off)
+    multi_step_loss: int = 0
     meta_batch: int = 16
     meta_steps: int = 1000
     # the outer optimiser; None: the algorithm's own (algorithms.default_outer)
@@ -285,6 +292,7 @@ class Trainer:
             config.outer,
             config.warpgrad,
             learn_step_sizes=config.learn_step_sizes != "none",
+            multi_step_loss=config.multi_step_loss,
         )
         if config.resume and self.resume_path.exists():
             self._load_optimizer_state()
@@ -328,6 +336,8 @@ class Trainer:
             while done < config.meta_steps and not stop:
                 warm = done < config.first_order_warmup
                 self.algorithm.loop = first_order_loop if warm else second_order_loop
+                if isinstance(self.algorithm, GradientMetaLearner):
+                    self.algorithm.meta_step = done  # anneals the multi-step loss
                 batch = self.train_source.sample(config.meta_batch)
                 if config.augment:  # seeded by the step: a resumed run sees the same draws
                     batch = augment_batch(batch, AUGMENTATION, config.seed * 1_000_003 + done)
