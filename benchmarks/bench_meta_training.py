@@ -1,4 +1,5 @@
-"""Meta-training throughput: our inner loop (vmapped and per-task) against ``higher``.
+"""Meta-training throughput: our inner loop (vmapped and per-task) against ``higher``, then
+the served-scope recipes against the first-order all-parameter one the shipped models used.
 
 Our two sides run the same model, the same episodes and the same inner loop (``adapt``), and
 both back-propagate the query loss into the meta-parameters; only the batching differs. The
@@ -8,6 +9,13 @@ the product), task by task, as most MAML code is written. Run:
 
     python benchmarks/bench_meta_training.py [--ways 5 --shots 1 --queries 15 --steps 5
                                               --meta-batch 16 --repeats 3 --first-order]
+
+The second table is one meta-step of each recipe on the same batch through
+``adapt_and_predict`` as ``innerloop train`` runs it (prototype head; its default batching, so
+the layers before the first adapted one run once for the whole meta-batch): first-order MAML
+adapting everything (how the shipped ``omniglot`` and ``quickdraw`` were trained), and
+second-order MAML with a learned head scale in the ``head``, ``last`` and ``film`` scopes (the
+loops the server runs).
 
 Synthetic 28x28 images keep the benchmark independent of the data folder; the FLOPs are the
 same as for Omniglot.
@@ -116,6 +124,42 @@ def _reference_module(learner: Learner) -> torch.nn.Module:
     return _REFERENCE[id(learner)]
 
 
+RECIPES = (
+    ("fomaml, all (shipped)", "all", True),
+    ("maml, head + scale", "head", False),
+    ("maml, last + scale", "last", False),
+    ("maml, film + scale", "film", False),
+    ("fomaml, film + scale", "film", True),
+)
+
+
+def recipe_step(learner: Learner, batch: TaskBatch, loop: InnerLoop) -> None:
+    """One meta-step as ``innerloop train`` takes it: default batching, query loss backward."""
+    out = adapt_and_predict(
+        learner,
+        learner.params,
+        learner.step_sizes,
+        batch.support_x,
+        batch.support_y,
+        batch.support_weight,
+        batch.class_mask,
+        batch.query_x,
+        loop,
+    ).outputs
+    loss = torch.nn.functional.cross_entropy(out.flatten(0, 1), batch.query_y.flatten())
+    loss.backward()
+
+
+def recipe_learner(scope: str, steps: int) -> Learner:
+    scaled = scope != "all"
+    learner = Learner.create(
+        ArchConfig(), "proto", InnerDefaults(steps, 0.1), head_scale=0.1 if scaled else None
+    ).with_scope(scope)
+    for tensor in learner.params.values():
+        tensor.requires_grad_(True)
+    return learner
+
+
 def time_it(step: Callable[[], None], repeats: int) -> float:
     step()  # warm-up
     times = []
@@ -138,6 +182,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-recipes", action="store_true", help="skip the recipe table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -171,6 +216,17 @@ def main() -> None:
         f"{results['vmapped (ours)'] / results['per-task (ours)']:.2f}x; "
         f"ours (best) over higher: {ours / results['higher 0.2.1']:.2f}x"
     )
+    if args.no_recipes:
+        return
+    print(f"\n{'recipe (one meta-step, same batch)':<36}{'tasks/s':>10}{'vs shipped':>12}")
+    rates = {}
+    for name, scope, first_order in RECIPES:
+        learner = recipe_learner(scope, args.steps)
+        loop = InnerLoop(args.steps, first_order=first_order)
+        seconds = time_it(partial(recipe_step, learner, batch, loop), args.repeats)
+        rates[name] = args.meta_batch / seconds
+        shipped = rates[RECIPES[0][0]]
+        print(f"{name:<36}{rates[name]:>10.2f}{rates[name] / shipped:>11.2f}x")
 
 
 if __name__ == "__main__":
