@@ -84,6 +84,18 @@ def test_sine_train_resume_evaluate_and_record(tmp_path: Path) -> None:
     assert (tmp_path / "runs/sine/training_curve.png").stat().st_size > 1000
     assert (tmp_path / "runs/sine/adaptation.png").stat().st_size > 1000
     assert card["training"]["command"].startswith("innerloop train")
+    # the best validated checkpoint of the segment is kept beside the last one
+    best = read_card(tmp_path / "runs/sine/best.safetensors")
+    assert best["training"]["best_of_validations"] is True
+    validated = [
+        json.loads(line)
+        for line in (tmp_path / "runs/sine/metrics.jsonl").read_text().splitlines()
+        if "val_mse" in line
+    ]
+    resumed_segment = [r for r in validated if r["step"] > 4]
+    assert best["evaluation"]["validation"]["mse"] == pytest.approx(
+        min(r["val_mse"] for r in resumed_segment)
+    )
 
     # a fresh run in the same run folder starts a fresh log, not a curve of two runs
     again = innerloop(*common, "--meta-steps", "2", cwd=tmp_path)

@@ -301,6 +301,7 @@ class Trainer:
         self.train_source, self.val_source = build_sources(config, train_seed)
         self.val_batches = self.val_source.fixed(config.eval_episodes, seed=config.seed + 10_000)
         self.log_path = self.run_path / "metrics.jsonl"
+        self.best_score: float | None = None  # best validation of this segment (not resumed)
 
     def _open_log(self) -> TextIO:
         """A fresh run starts a fresh log (no curve mixing two runs); a resumed one keeps the
@@ -353,6 +354,7 @@ class Trainer:
                     result = self.validate()
                     record[f"val_{result.metric}"] = result.mean
                     record["val_ci95"] = result.ci95
+                    self._keep_if_best(done, started, result)
                 bar.set_postfix(
                     {k: f"{v:.3f}" for k, v in record.items() if k in _SHOWN}, refresh=False
                 )
@@ -372,6 +374,22 @@ class Trainer:
 
     def validate(self) -> EvaluationResult:
         return evaluate_learner(self.learner, self.val_batches, device=self.device)
+
+    @property
+    def best_path(self) -> Path:
+        """The checkpoint of this segment's best validation so far (``runs/NAME/best``)."""
+        return self.run_path / "best.safetensors"
+
+    def _keep_if_best(self, steps_done: int, started: float, result: EvaluationResult) -> None:
+        """Warm-started runs can get worse on held-out classes as they fit the training ones;
+        the final checkpoint is the last, so the best validated one is kept beside it."""
+        score = result.mean if result.metric == "accuracy" else -result.mean
+        if self.best_score is not None and score <= self.best_score:
+            return
+        self.best_score = score
+        card = self._card(steps_done, started, result)
+        card["training"]["best_of_validations"] = True
+        save_checkpoint(self.learner, self.best_path, card)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _seconds(self, started: float) -> float:
