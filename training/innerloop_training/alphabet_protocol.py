@@ -73,13 +73,12 @@ from innerloop_training.algorithms import (
     build_algorithm,
     resolve_outer,
 )
-from innerloop_training.baselines import MultiHeadFineTuning
+from innerloop_training.algorithms.warpgrad import WarpGradConfig
 from innerloop_training.data.labelled_images import LabelledImages
 from innerloop_training.data.omniglot import load_omniglot, omniglot_alphabet_of, omniglot_alphabets
 from innerloop_training.data.registry import default_data_root
 from innerloop_training.devices import learner_to
 from innerloop_training.tasks import TaskBatch
-from innerloop_training.warpgrad import WarpGrad, WarpGradConfig
 
 METHODS = ("leap", "warp", "warp-leap", "reptile", "fomaml", "maml", "ft", "no")
 WARP_METHODS = ("warp", "warp-leap")
@@ -321,7 +320,7 @@ class ProtocolConfig:
     outer_optimizer: str | None = None
     outer_lr: float | None = None
     grad_clip: float | None = None
-    # WarpGrad (innerloop_training.warpgrad.WarpGradConfig; defaults: the reference code's)
+    # WarpGrad (algorithms.warpgrad.WarpGradConfig; defaults: the reference code's)
     warp_buffer: str = "batch"
     warp_buffer_size: int = 200
     warp_store_every: int = 1
@@ -429,12 +428,8 @@ def make_algorithm(method: str, learner: Learner, config: ProtocolConfig) -> Met
     steps = config.maml_steps if method == "maml" else config.inner_steps
     loop = InnerLoop(steps, config.inner_optimizer)
     outer = outer_config(method, config)
-    if method in WARP_METHODS:
-        warp = warpgrad_config(method, config)
-        return WarpGrad(learner, replace(loop, first_order=True), outer, warp, name=method)
-    if method == "ft":
-        return MultiHeadFineTuning(learner, loop, outer, seed=config.seed)
-    return build_algorithm(method, learner, loop, outer)
+    warp = warpgrad_config(method, config) if method in WARP_METHODS else None
+    return build_algorithm(method, learner, loop, outer, warp, seed=config.seed)
 
 
 def method_settings(method: str, config: ProtocolConfig) -> dict[str, Any]:

@@ -1,34 +1,26 @@
-"""Meta-learners: how one meta-batch of tasks updates the learner's starting point.
+"""What every meta-learner shares: the outer optimiser, its per-method defaults, the query
+metrics, the :class:`MetaAlgorithm` base and the helpers of the trajectory-based methods.
 
-All of them adapt through :func:`innerloop.adaptation.adapt_and_predict` / :func:`adapt`, the same
-functions the server calls; they differ only in what flows back to the meta-parameters:
-
-- ``maml``: second order, the query loss is differentiated through every inner step;
-- ``fomaml``: inner gradients are detached, so only first-order terms reach the init;
-- ``metasgd``: MAML whose per-parameter step sizes are meta-parameters too;
-- ``reptile``: no query loss at all; the init moves towards the mean adapted parameters;
-- ``leap``, ``warp``, ``warp-leap`` (trajectory-based: ``leap.py``, ``warpgrad.py``) and the
-  ``ft`` / ``no`` baselines (``baselines.py``), registered in :func:`build_algorithm`.
+All meta-learners adapt through :func:`innerloop.adaptation.adapt_and_predict` / :func:`adapt`,
+the same functions the server calls; they differ only in what flows back to the meta-parameters
+(the methods themselves: ``maml.py``, ``reptile.py``, ``leap.py``, ``warpgrad.py``,
+``baselines.py``; their names: the registry in ``__init__.py``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.func import vmap
 
-from innerloop.adaptation import InnerLoop, Params, adapt, adapt_and_predict
+from innerloop.adaptation import InnerLoop
 from innerloop.learner import Learner
 from innerloop_training.tasks import TaskBatch
-
-if TYPE_CHECKING:
-    from innerloop_training.warpgrad import WarpGradConfig
-
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "leap", "warp", "warp-leap", "ft", "no")
-
 
 OUTER_OPTIMIZERS = ("adam", "sgd")
 
@@ -130,206 +122,67 @@ class MetaAlgorithm(ABC):
         return norm
 
 
-def multi_step_weights(steps: int, progress: float) -> list[float]:
-    """MAML++'s multi-step loss weights over inner steps 1..K at ``progress`` in [0, 1].
+# ---- shared by the trajectory-based methods (Reptile, Leap, WarpGrad) ----------------------
+def map_tasks(fn: Callable[..., Any], tensors: tuple[Any, ...], batching: str = "auto") -> Any:
+    """``fn`` over the leading task dim of ``tensors``, outputs stacked along a new dim 0.
 
-    Uniform (1/K each) at the start; every step but the last decays linearly to 0.03/K, and the
-    last takes what the others give up, so by ``progress`` 1 the loss is (almost) the last
-    step's alone, as in Antoniou et al.'s importance vector."""
-    if steps < 1:
-        raise ValueError(f"the multi-step loss needs inner steps, got {steps}")
-    uniform, floor = 1.0 / steps, 0.03 / steps
-    progress = min(max(progress, 0.0), 1.0)
-    early = [uniform - progress * (uniform - floor)] * (steps - 1)
-    return [*early, 1.0 - sum(early)]
+    ``tensors`` are tensors or dicts of tensors (pytrees); the first must be a tensor.
 
-
-class GradientMetaLearner(MetaAlgorithm):
-    """MAML, first-order MAML and Meta-SGD: back-propagate the query loss into the init.
-
-    With ``multi_step_loss`` N > 0 the outer loss is MAML++'s weighted sum of the query losses
-    after every inner step (:func:`multi_step_weights`), annealed to the last step's over the
-    first N meta-steps; the trainer sets :attr:`meta_step`."""
-
-    def __init__(
-        self,
-        name: str,
-        learner: Learner,
-        loop: InnerLoop,
-        outer: OuterConfig,
-        learn_step_sizes: bool = False,
-        multi_step_loss: int = 0,
-    ) -> None:
-        self.name = name
-        self.multi_step_loss = multi_step_loss
-        self.meta_step = 0
-        self.learn_step_sizes = learn_step_sizes or name == "metasgd"
-        # learned step sizes of MAML / first-order MAML (MAML++'s LSLR) stay >= 0: left free,
-        # the outer loop turned the head's steps negative within 250 meta-steps, a loop that
-        # *un-fits* the support set to soften the query answer (a calibration trick the head's
-        # learned scale is there for). Meta-SGD keeps its paper's unconstrained step sizes.
-        self.nonnegative_step_sizes = self.learn_step_sizes and name != "metasgd"
-        super().__init__(learner, loop, outer)
-
-    def meta_tensors(self) -> dict[str, Tensor]:
-        tensors = super().meta_tensors()
-        if self.learn_step_sizes:
-            tensors.update({f"step_size/{k}": v for k, v in self.learner.step_sizes.items()})
-        return tensors
-
-    def step(self, batch: TaskBatch) -> dict[str, float]:
-        multi_step = self.multi_step_loss > 0 and self.loop.steps > 1
-        predictions = adapt_and_predict(
-            self.learner,
-            self.learner.params,
-            self.learner.step_sizes,
-            batch.support_x,
-            batch.support_y,
-            batch.support_weight,
-            batch.class_mask,
-            batch.query_x,
-            self.loop,
-            step_outputs=multi_step,
-        )
-        loss, score = query_metrics(self.learner, predictions.outputs, batch.query_y)
-        objective = loss
-        if multi_step and predictions.step_outputs is not None:
-            weights = multi_step_weights(self.loop.steps, self.meta_step / self.multi_step_loss)
-            objective = sum(
-                (
-                    w
-                    * query_metrics(self.learner, predictions.step_outputs[:, i], batch.query_y)[0]
-                    for i, w in enumerate(weights)
-                ),
-                torch.zeros((), device=loss.device),
-            )
-        objective.backward()
-        grad_norm = self._apply()
-        if self.nonnegative_step_sizes:
-            with torch.no_grad():
-                for step_size in self.learner.step_sizes.values():
-                    step_size.clamp_(min=0.0)
-        metrics = {
-            "query_loss": float(loss.detach()),
-            "support_loss_before": float(predictions.loss_before.detach().mean()),
-            "support_loss_after": float(predictions.loss_after.detach().mean()),
-            "grad_norm": grad_norm,
-        }
-        metrics["query_accuracy" if self.learner.task == "classification" else "query_mse"] = float(
-            score
-        )
-        return metrics
-
-
-class Reptile(MetaAlgorithm):
-    """Nichol et al. 2018, batched: init += outer_lr * mean over tasks of (adapted - init).
-
-    Reptile has no support/query distinction, so each task adapts on both together. The
-    difference ``init - mean(adapted)`` is handed to the outer optimiser as the gradient; with
-    :func:`default_outer` (plain SGD, no clipping) this is exactly the Reptile update. Adam or
-    clipping can still be asked for, but then the method is no longer Reptile's update.
+    ``auto`` follows :func:`~innerloop.adaptation.adapt_and_predict`: a Python loop for
+    convolutional models on CPU (where vmapped convolutions are slower), ``vmap`` otherwise.
     """
-
-    name = "reptile"
-
-    def step(self, batch: TaskBatch) -> dict[str, float]:
-        learner = self.learner
-        x = torch.cat([batch.support_x, batch.query_x], dim=1)
-        y = torch.cat([batch.support_y, batch.query_y], dim=1)
-        query_weight = torch.ones(
-            batch.query_x.shape[:2],
-            dtype=batch.support_weight.dtype,
-            device=batch.support_weight.device,
-        )
-        weight = torch.cat([batch.support_weight, query_weight], dim=1)
-        with torch.no_grad():
-            adapted, before, after = reptile_adapted_params(
-                learner,
-                learner.params,
-                learner.step_sizes,
-                x,
-                y,
-                weight,
-                batch.class_mask,
-                self.loop,
-            )
-            for name, tensor in learner.params.items():
-                if name not in adapted:  # meta-only (the head's scale): no Reptile target
-                    continue
-                target = adapted[name]
-                # a "zero" head is copied per way: its target is the mean over tasks and ways
-                target = target.reshape(-1, *tensor.shape).mean(0)
-                tensor.grad = tensor.detach() - target
-        grad_norm = self._apply()
-        return {
-            "support_loss_before": float(before.mean()),
-            "support_loss_after": float(after.mean()),
-            "grad_norm": grad_norm,
-        }
+    if batching == "auto":
+        convolutional = tensors[0].dim() == 5  # [tasks, shots, channels, height, width]
+        batching = "loop" if convolutional and not tensors[0].is_cuda else "vmap"
+    if batching == "vmap":
+        return vmap(fn, randomness="same")(*tensors)
+    if batching != "loop":
+        raise ValueError(f"batching {batching!r} is not one of ('auto', 'vmap', 'loop')")
+    outputs = [fn(*(_index(t, i) for t in tensors)) for i in range(tensors[0].shape[0])]
+    return _stack(outputs)
 
 
-def reptile_adapted_params(
-    learner: Learner,
-    params: Params,
-    step_sizes: Params,
-    x: Tensor,
-    y: Tensor,
-    weight: Tensor,
-    class_mask: Tensor,
-    loop: InnerLoop,
-) -> tuple[Params, Tensor, Tensor]:
-    """Adapted parameters of every task (leading task dim), with support losses."""
-
-    def one_task(sx: Tensor, sy: Tensor, sw: Tensor, cm: Tensor) -> tuple[Params, Tensor, Tensor]:
-        result = adapt(learner, params, step_sizes, sx, sy, sw, cm, loop)
-        return result.params, result.loss_before, result.loss_after
-
-    # a Python loop for convolutional models on CPU, where vmapped convolutions are slower
-    # (measured, 32 filters, 5 tasks of 20 steps, one thread: 37 s vmapped, 20 s looped),
-    # vmap otherwise
-    from innerloop_training.leap import map_tasks  # leap builds on this module
-
-    adapted, before, after = map_tasks(one_task, (x, y, weight, class_mask))
-    return adapted, before, after
+def _index(tree: Any, i: int) -> Any:
+    if isinstance(tree, dict):
+        return {k: _index(v, i) for k, v in tree.items()}
+    return tree[i]
 
 
-def build_algorithm(
-    name: str,
-    learner: Learner,
-    inner: InnerLoop,
-    outer: OuterConfig,
-    warp: WarpGradConfig | None = None,
-    learn_step_sizes: bool = False,
-    multi_step_loss: int = 0,
-) -> MetaAlgorithm:
-    """The meta-learner for ``name``; ``inner.first_order`` is set to what the method needs.
+def _stack(items: list[Any]) -> Any:
+    """Stack a list of equally shaped pytrees (tensors, dicts, lists, tuples) leaf by leaf."""
+    first = items[0]
+    if isinstance(first, Tensor):
+        return torch.stack(items)
+    if isinstance(first, dict):
+        return {k: _stack([item[k] for item in items]) for k in first}
+    if isinstance(first, list | tuple):
+        return type(first)(_stack(list(parts)) for parts in zip(*items, strict=True))
+    raise TypeError(f"cannot stack {type(first).__name__}")
 
-    ``warp`` configures ``warp`` / ``warp-leap`` (default :class:`WarpGradConfig`; its
-    ``learn_init`` is set from the name). ``learn_step_sizes``: the MAML family also learns
-    the learner's step sizes, whatever their shape (Meta-SGD always does). ``multi_step_loss``:
-    MAML++'s annealed multi-step loss over that many meta-steps (MAML family only)."""
-    learn, msl = learn_step_sizes, multi_step_loss
-    gradient = {"maml": False, "fomaml": True, "metasgd": inner.first_order}
-    if msl and name not in gradient:
-        raise ValueError(f"the multi-step loss is for maml, fomaml and metasgd, not {name}")
-    if name in gradient:  # metasgd: second order unless the caller asked for first order
-        loop = replace(inner, first_order=gradient[name])
-        return GradientMetaLearner(name, learner, loop, outer, learn, msl)
-    if name == "reptile":
-        return Reptile(learner, replace(inner, first_order=True), outer)
-    # imported here: these modules build on MetaAlgorithm from this one
-    if name == "leap":
-        from innerloop_training.leap import Leap
 
-        return Leap(learner, replace(inner, first_order=True), outer)
-    if name in ("warp", "warp-leap"):
-        from innerloop_training.warpgrad import WarpGrad, WarpGradConfig
+def support_and_query(batch: TaskBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """Each task's support and query rows together (padded support rows keep weight 0)."""
+    x = torch.cat([batch.support_x, batch.query_x], dim=1)
+    y = torch.cat([batch.support_y, batch.query_y], dim=1)
+    query_weight = torch.ones(
+        batch.query_x.shape[:2],
+        dtype=batch.support_weight.dtype,
+        device=batch.support_weight.device,
+    )
+    return x, y, torch.cat([batch.support_weight, query_weight], dim=1)
 
-        config = replace(warp or WarpGradConfig(), learn_init=name == "warp-leap")
-        return WarpGrad(learner, replace(inner, first_order=True), outer, config, name=name)
-    if name in ("ft", "no"):
-        from innerloop_training.baselines import MultiHeadFineTuning, NoMetaTraining
 
-        baseline = MultiHeadFineTuning if name == "ft" else NoMetaTraining
-        return baseline(learner, replace(inner, first_order=True), outer)
-    raise ValueError(f"algorithm {name!r} is not one of {ALGORITHMS}")
+def set_gradients(tensors: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
+    """Hand precomputed meta-gradients to the outer optimiser (``None``: not updated)."""
+    for name, tensor in tensors.items():
+        grad = grads.get(name)
+        tensor.grad = None if grad is None else grad.detach().to(tensor.dtype).clone()
+
+
+def apply_if_finite(algorithm: MetaAlgorithm) -> float:
+    """The outer step, skipped (gradients dropped) when any gradient is NaN or infinite."""
+    tensors = list(algorithm.meta_tensors().values())
+    if all(t.grad is None or bool(torch.isfinite(t.grad).all()) for t in tensors):
+        return algorithm._apply()
+    algorithm.optimizer.zero_grad(set_to_none=True)
+    return float("nan")

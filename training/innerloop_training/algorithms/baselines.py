@@ -29,7 +29,7 @@ from torch import Tensor
 
 from innerloop.adaptation import InnerLoop
 from innerloop.learner import MASKED_LOGIT, Learner
-from innerloop_training.algorithms import MetaAlgorithm, OuterConfig
+from innerloop_training.algorithms.base import MetaAlgorithm, OuterConfig
 from innerloop_training.tasks import TaskBatch
 
 

@@ -29,17 +29,23 @@ Like Reptile here, Leap has no support/query distinction: each task adapts on bo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 
 from innerloop.adaptation import InnerLoop, Params, adapt
 from innerloop.learner import Learner
-from innerloop_training.algorithms import MetaAlgorithm, OuterConfig
+from innerloop_training.algorithms.base import (
+    MetaAlgorithm,
+    OuterConfig,
+    apply_if_finite,
+    map_tasks,
+    set_gradients,
+    support_and_query,
+)
 from innerloop_training.tasks import TaskBatch
 
 
@@ -160,62 +166,6 @@ def leap_gradient(
     return {name: g[ok].mean(0) for name, g in grads.items()}, metrics
 
 
-def map_tasks(fn: Callable[..., Any], tensors: tuple[Any, ...], batching: str = "auto") -> Any:
-    """``fn`` over the leading task dim of ``tensors``, outputs stacked along a new dim 0.
-
-    ``tensors`` are tensors or dicts of tensors (pytrees); the first must be a tensor.
-
-    ``auto`` follows :func:`~innerloop.adaptation.adapt_and_predict`: a Python loop for
-    convolutional models on CPU (where vmapped convolutions are slower), ``vmap`` otherwise.
-    """
-    if batching == "auto":
-        convolutional = tensors[0].dim() == 5  # [tasks, shots, channels, height, width]
-        batching = "loop" if convolutional and not tensors[0].is_cuda else "vmap"
-    if batching == "vmap":
-        return vmap(fn, randomness="same")(*tensors)
-    if batching != "loop":
-        raise ValueError(f"batching {batching!r} is not one of ('auto', 'vmap', 'loop')")
-    outputs = [fn(*(_index(t, i) for t in tensors)) for i in range(tensors[0].shape[0])]
-    return _stack(outputs)
-
-
-def _index(tree: Any, i: int) -> Any:
-    if isinstance(tree, dict):
-        return {k: _index(v, i) for k, v in tree.items()}
-    return tree[i]
-
-
-def _stack(items: list[Any]) -> Any:
-    """Stack a list of equally shaped pytrees (tensors, dicts, lists, tuples) leaf by leaf."""
-    first = items[0]
-    if isinstance(first, Tensor):
-        return torch.stack(items)
-    if isinstance(first, dict):
-        return {k: _stack([item[k] for item in items]) for k in first}
-    if isinstance(first, list | tuple):
-        return type(first)(_stack(list(parts)) for parts in zip(*items, strict=True))
-    raise TypeError(f"cannot stack {type(first).__name__}")
-
-
-def support_and_query(batch: TaskBatch) -> tuple[Tensor, Tensor, Tensor]:
-    """Each task's support and query rows together (padded support rows keep weight 0)."""
-    x = torch.cat([batch.support_x, batch.query_x], dim=1)
-    y = torch.cat([batch.support_y, batch.query_y], dim=1)
-    query_weight = torch.ones(
-        batch.query_x.shape[:2],
-        dtype=batch.support_weight.dtype,
-        device=batch.support_weight.device,
-    )
-    return x, y, torch.cat([batch.support_weight, query_weight], dim=1)
-
-
-def set_gradients(tensors: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
-    """Hand precomputed meta-gradients to the outer optimiser (``None``: not updated)."""
-    for name, tensor in tensors.items():
-        grad = grads.get(name)
-        tensor.grad = None if grad is None else grad.detach().to(tensor.dtype).clone()
-
-
 class Leap(MetaAlgorithm):
     """Leap as a :class:`MetaAlgorithm`: trajectory-length meta-gradient, then one outer step."""
 
@@ -253,15 +203,6 @@ class Leap(MetaAlgorithm):
         set_gradients(_unfrozen(learner), grads)
         metrics["grad_norm"] = apply_if_finite(self)
         return metrics
-
-
-def apply_if_finite(algorithm: MetaAlgorithm) -> float:
-    """The outer step, skipped (gradients dropped) when any gradient is NaN or infinite."""
-    tensors = list(algorithm.meta_tensors().values())
-    if all(t.grad is None or bool(torch.isfinite(t.grad).all()) for t in tensors):
-        return algorithm._apply()
-    algorithm.optimizer.zero_grad(set_to_none=True)
-    return float("nan")
 
 
 def _unfrozen(learner: Learner) -> dict[str, Tensor]:

@@ -32,7 +32,7 @@ update. That is the most expensive setting; ``store_every`` and ``warp_batch`` t
 
 ``warp`` keeps the adaptable layers' init at its random start (only ``φ`` is meta-learned);
 ``warp-leap`` also meta-learns that init with Leap's trajectory-length gradient, accumulated from
-the same support-set trajectories (:class:`innerloop_training.leap.LeapAccumulator`) and applied
+the same support-set trajectories (:class:`~.leap.LeapAccumulator`) and applied
 after the warp updates. By default that is the reference's *simplified* Leap (``updaters.py``,
 ``simplified_leap``: the sum of unit-length steps ``(θ_i - θ_{i+1}) / |θ_i - θ_{i+1}|``, no
 loss dimension); ``leap_loss=True`` uses full Leap (loss dimension, stabiliser) as ``leap``
@@ -54,15 +54,14 @@ from torch.func import grad
 from innerloop.adaptation import InnerLoop, Params, adapt
 from innerloop.learner import Learner
 from innerloop.models import is_warp_parameter
-from innerloop_training.algorithms import MetaAlgorithm, OuterConfig
-from innerloop_training.leap import (
-    LeapAccumulator,
-    LeapConfig,
+from innerloop_training.algorithms.base import (
+    MetaAlgorithm,
+    OuterConfig,
     apply_if_finite,
     map_tasks,
     set_gradients,
-    to_meta_shapes,
 )
+from innerloop_training.algorithms.leap import LeapAccumulator, LeapConfig, to_meta_shapes
 from innerloop_training.tasks import TaskBatch
 
 OBJECTIVES = ("step", "loss")
