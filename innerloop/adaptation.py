@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
-from innerloop.loop_choice import Choice
+from innerloop.predictions import Predictions
 
 Params = dict[str, Tensor]
 
@@ -195,21 +195,6 @@ def _apply_flat_both(
     both = torch.cat([support_x, query_x], dim=1)
     out = _apply_flat(prefix, both)
     return out[:, :support_rows], out[:, support_rows:]
-
-
-@dataclass
-class Predictions:
-    """Outputs for a batch of tasks: logits (or regression outputs) and support losses."""
-
-    outputs: Tensor  # [tasks, queries, ways] or [tasks, queries, out_features]
-    loss_before: Tensor  # [tasks]
-    loss_after: Tensor  # [tasks]
-    params: Params | None = None  # adapted tensors per task (leading task dim), if kept
-    steps: Tensor | None = None  # [tasks] inner steps each task ran, when the loop stops early
-    choice: Choice | None = None  # the per-request choice of loop, when one was made
-    # [tasks, steps, queries, ...] outputs after each inner step 1..K (the last is ``outputs``),
-    # when asked for (MAML++'s multi-step loss)
-    step_outputs: Tensor | None = None
 
 
 def adapt_and_predict(

@@ -18,24 +18,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:  # only for annotations: adaptation imports this module
-    from innerloop.adaptation import Predictions
-
-Candidate = tuple[int, float]  # (inner steps, step size)
+from innerloop.predictions import NOT_ELIGIBLE, Candidate, Choice, Predictions
 
 # held-out rows -> [tasks, rows, ways] outputs after adapting ``candidate`` on ``weight``
 HeldOutFn = Callable[[Candidate, Tensor], Tensor]
 # (candidate, task indices) -> predictions of those tasks adapted on their whole support set
-RunFn = Callable[[Candidate, Tensor], "Predictions"]
+RunFn = Callable[[Candidate, Tensor], Predictions]
 
-NOT_ELIGIBLE = -1  # Choice.chosen where a task cannot choose (a label with one example)
 LOSS_CAP = 1e3  # held-out loss per example is capped here, so one held-out hit outweighs any loss
 
 
@@ -65,46 +60,6 @@ def normalise_candidates(
     # the step size of a 0-step loop changes nothing: keep one of them
     zero = min(c for c in parsed if c[0] == 0)
     return tuple(sorted({c for c in parsed if c[0] > 0} | {zero}))
-
-
-@dataclass(frozen=True)
-class Choice:
-    """Which candidate each task chose, and the held-out evidence it was chosen on."""
-
-    candidates: tuple[Candidate, ...]
-    chosen: Tensor  # [tasks] candidate index; NOT_ELIGIBLE where the support set cannot choose
-    held_out_correct: Tensor  # [tasks, candidates] held-out examples labelled right
-    held_out_count: Tensor  # [tasks] held-out examples each candidate was scored on
-    held_out_loss: Tensor  # [tasks, candidates] mean held-out cross-entropy
-
-    def describe(self, task: int) -> dict[str, Any]:
-        """What a response says about one task's choice (JSON-ready)."""
-        index = int(self.chosen[task])
-        count = int(self.held_out_count[task])
-        scored = [
-            {
-                "steps": steps,
-                "lr": lr,
-                "held_out_correct": int(self.held_out_correct[task, c]),
-                "held_out_loss": round(float(self.held_out_loss[task, c]), 6),
-            }
-            for c, (steps, lr) in enumerate(self.candidates)
-        ]
-        if index == NOT_ELIGIBLE:
-            return {
-                "chosen": None,
-                "reason": "every label needs at least two support examples to hold one out; "
-                "the model's default loop ran",
-                "candidates": [{"steps": s, "lr": lr} for s, lr in self.candidates],
-            }
-        steps, lr = self.candidates[index]
-        return {
-            "chosen": {"steps": steps, "lr": lr},
-            "reason": f"most held-out support examples labelled right ({count} held out, one per "
-            "label per fold); ties go to the lower held-out loss, then the cheaper loop",
-            "held_out": count,
-            "candidates": scored,
-        }
 
 
 def eligible(support_y: Tensor, support_weight: Tensor, class_mask: Tensor) -> Tensor:
@@ -177,8 +132,6 @@ def score(
 def predict_chosen(choice: Choice, default: Candidate, run: RunFn) -> Predictions:
     """Adapt each task with its winner on its whole support set, in one call per winner;
     tasks that could not choose run ``default``. Outputs come back in the tasks' order."""
-    from innerloop.adaptation import Predictions
-
     loops = [choice.candidates[int(i)] if int(i) >= 0 else default for i in choice.chosen]
     by_loop: dict[Candidate, list[int]] = {}
     for task, candidate in enumerate(loops):
