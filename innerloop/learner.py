@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -432,7 +432,10 @@ class Learner:
 
     def with_scope(self, scope: str) -> Learner:
         """A copy that adapts ``scope``: newly frozen step sizes are dropped, newly adapted
-        tensors get the default scalar step size."""
+        tensors get the default scalar step size. ``adapters`` on a body without them adds
+        them first (:meth:`with_adapters`), which changes no answer until they adapt."""
+        if scope == "adapters" and not self.arch.adapters and self.arch.kind == "conv4":
+            return self.with_adapters().with_scope(scope)
         frozen = frozen_for_scope(self.body, self.parameter_names(), scope)
         never_adapted = warp_parameter_names(self.params) | ({HEAD_LOG_SCALE} & self.params.keys())
         frozen |= never_adapted
@@ -446,6 +449,30 @@ class Learner:
         }
         clone = self.with_params(self.params, step_sizes)
         clone.frozen = frozenset(frozen)
+        return clone
+
+    def with_adapters(self) -> Learner:
+        """The same model with residual adapters (zero) and the feature map (identity) added:
+        every existing tensor keeps its name, so any checkpoint can be adapted TSA-style."""
+        if self.arch.adapters:
+            return self
+        arch = replace(self.arch, adapters=True)
+        fresh = body_parameters(build_body(arch))  # zeros and an identity: no RNG involved
+        params = dict(self.params)
+        reference = self.params[next(iter(self.params))]
+        for name, value in fresh.items():
+            if name not in params:
+                params[name] = value.to(reference.device, reference.dtype)
+        clone = Learner(
+            arch,
+            self.task,
+            self.head,
+            params,
+            dict(self.step_sizes),
+            self.inner,
+            self.frozen | {n for n in fresh if n not in self.params},
+            self.max_ways,
+        )
         return clone
 
     def with_params(self, params: Params, step_sizes: Params | None = None) -> Learner:

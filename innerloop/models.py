@@ -52,6 +52,9 @@ class ArchConfig:
     out_features: int = 1
     # WarpGrad warp-layers after every adaptable block (see the module docstring)
     warp: str = "none"
+    # residual adapters (conv4): a 1x1 convolution beside every 3x3 one and a linear map on the
+    # features, both starting as "no change" (see ResidualAdapterConv2d, FeatureMap)
+    adapters: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ARCHITECTURES:
@@ -60,6 +63,8 @@ class ArchConfig:
             raise ValueError(f"warp {self.warp!r} is not one of {WARP_KINDS}")
         if self.kind == "mlp" and self.warp == "conv":
             raise ValueError("warp='conv' needs a conv4 body; use 'linear' or 'residual' for mlp")
+        if self.adapters and self.kind != "conv4":
+            raise ValueError("residual adapters are for conv4 bodies")
         if self.kind == "conv4" and self.norm_groups and self.filters % self.norm_groups:
             raise ValueError(f"filters={self.filters} is not divisible by {self.norm_groups=}")
 
@@ -105,7 +110,51 @@ class SampleGroupNorm(nn.Module):
         return F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
 
 
-def _conv_block(in_channels: int, filters: int, norm_groups: int) -> list[nn.Module]:
+class ResidualAdapterConv2d(nn.Conv2d):
+    """A 3x3 convolution with a parallel 1x1 one beside it (TSA's residual adapter, Li et al.
+    2022): ``conv(x) + adapter(x)``. The adapter starts at zero, so a body with adapters
+    computes exactly what the same body without them does until the inner loop moves them;
+    its tensor is ``body.<i>.adapter``, next to the convolution's own (layer indices and
+    checkpoint names of the convolution are unchanged). The zeros draw nothing from the RNG."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=3, padding=1)
+        self.adapter = nn.Parameter(torch.zeros(out_channels, in_channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + F.conv2d(x, self.adapter)
+
+
+class FeatureMap(nn.Module):
+    """A square linear map on the body's features, started at the identity (TSA's
+    pre-classifier alignment): the prototype head then sees ``features @ weight``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight
+
+
+ADAPTER_SUFFIX = ".adapter"
+
+
+def is_adapter_parameter(name: str, body: nn.Sequential) -> bool:
+    """Whether ``body.<i>.*`` is a residual adapter or the feature map (the ``adapters``
+    scope's tensors)."""
+    if name.endswith(ADAPTER_SUFFIX):
+        return True
+    parts = name.split(".")
+    if len(parts) < 3 or parts[0] != "body" or not parts[1].isdigit():
+        return False
+    index = int(parts[1])
+    return index < len(body) and isinstance(body[index], FeatureMap)
+
+
+def _conv_block(
+    in_channels: int, filters: int, norm_groups: int, adapters: bool = False
+) -> list[nn.Module]:
     """conv -> norm -> max-pool -> ReLU: the same function as the usual conv -> norm -> ReLU ->
     max-pool (a monotone ReLU commutes with a max), with the ReLU on a quarter of the values.
 
@@ -113,7 +162,12 @@ def _conv_block(in_channels: int, filters: int, norm_groups: int) -> list[nn.Mod
     (``benchmarks/bench_arithmetic.py``); the parametrised layers keep their indices, so
     checkpoints are unaffected and every checkpoint computes exactly what it did before.
     """
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, filters, kernel_size=3, padding=1)]
+    conv = (
+        ResidualAdapterConv2d(in_channels, filters)
+        if adapters
+        else nn.Conv2d(in_channels, filters, kernel_size=3, padding=1)
+    )
+    layers: list[nn.Module] = [conv]
     if norm_groups:
         layers.append(SampleGroupNorm(norm_groups, filters))
     layers += [nn.MaxPool2d(2), nn.ReLU()]
@@ -181,14 +235,18 @@ def build_body(config: ArchConfig) -> nn.Sequential:
     if config.kind == "conv4":
         layers: list[nn.Module] = []
         channels = config.in_channels
+        size = config.image_size
         for _ in range(config.blocks):
-            layers += _conv_block(channels, config.filters, config.norm_groups)
+            layers += _conv_block(channels, config.filters, config.norm_groups, config.adapters)
             channels = config.filters
+            size //= 2
             if warp != "none":
                 layers.append(
                     WarpLayer(warp, channels, spatial=True, norm_groups=config.norm_groups)
                 )
         layers.append(nn.Flatten())
+        if config.adapters:  # last, so no earlier layer's index (or checkpoint name) moves
+            layers.append(FeatureMap(channels * size * size))
         return nn.Sequential(*layers)
     widths = [config.in_features, *config.hidden]
     mlp: list[nn.Module] = []
@@ -220,6 +278,11 @@ def apply_layer(layer: nn.Module, params: dict[str, torch.Tensor], x: torch.Tens
             layer.dilation,
             layer.groups,
         )
+    if type(layer) is ResidualAdapterConv2d:
+        plain = F.conv2d(x, params["weight"], params.get("bias"), layer.stride, layer.padding)
+        return plain + F.conv2d(x, params["adapter"])
+    if type(layer) is FeatureMap:
+        return x @ params["weight"]
     if type(layer) is SampleGroupNorm:
         return F.group_norm(x, layer.groups, params["weight"], params["bias"], layer.eps)
     if type(layer) is nn.MaxPool2d:

@@ -14,7 +14,10 @@ recovers the preset's name for display.
 - ``all``: every parameter except WarpGrad warp-layers (which are meta-learned, never adapted);
 - ``film``: normalisation affine (weight and bias of every group norm) plus the head;
 - ``last``: the last convolutional block (conv + norm) plus the head;
-- ``head``: the head only (for MLP regressors, which have no head, their last linear layer).
+- ``head``: the head only (for MLP regressors, which have no head, their last linear layer);
+- ``adapters``: the residual adapters and the feature map of a body built with them
+  (``ArchConfig.adapters``, TSA-style) plus the head: every convolution stays shared and
+  unchanged, and the adapters start at "no change".
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from innerloop.models import SampleGroupNorm, WarpLayer, is_warp_parameter
+from innerloop.models import SampleGroupNorm, WarpLayer, is_adapter_parameter, is_warp_parameter
 
-ADAPT_SCOPES = ("all", "film", "last", "head")
+ADAPT_SCOPES = ("all", "film", "last", "head", "adapters")
 HEAD_PARAMS = ("head.weight", "head.bias")
 # meta-learned, never adapted by any scope: the proto head's logit scale (innerloop.learner)
 HEAD_LOG_SCALE = "head.log_scale"
@@ -40,6 +43,14 @@ def adapted_for_scope(body: nn.Sequential, names: Iterable[str], scope: str) -> 
     if scope == "all":
         return frozenset(names)
     layers = list(body)
+    if scope == "adapters":
+        adapters = {n for n in names if is_adapter_parameter(n, body)}
+        if not adapters:
+            raise ValueError(
+                "the adapters scope needs a body built with residual adapters (innerloop train "
+                "--adapters, or a checkpoint whose architecture has adapters: true)"
+            )
+        return frozenset(head | adapters)
     if scope == "film":
         norms = {
             i for i, layer in enumerate(layers) if isinstance(layer, SampleGroupNorm | nn.GroupNorm)

@@ -41,7 +41,7 @@ from innerloop_training.trainer import display_command
 
 VAL_SEED = 4242  # fixed validation episodes, distinct from the test seed
 SHIFTED = {"omniglot": "quickdraw", "quickdraw": "omniglot"}
-SCOPE_COST = {scope: rank for rank, scope in enumerate(("head", "film", "last", "all"))}
+SCOPE_COST = {scope: rank for rank, scope in enumerate(("head", "film", "last", "adapters", "all"))}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -451,6 +451,8 @@ class Trainer:
         """
         learner, card = load_checkpoint(path)
         mine = self.learner
+        if mine.arch.adapters and not learner.arch.adapters:  # --adapt adapters: start at zero
+            learner = learner.with_adapters()
         if learner.arch != mine.arch or learner.head != mine.head or learner.task != mine.task:
             raise ValueError(
                 f"--init {path}: its model ({learner.arch.kind}, head {learner.head}, "
