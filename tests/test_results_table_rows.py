@@ -51,3 +51,19 @@ def test_rows_and_commands_come_from_the_card(tmp_path: Path) -> None:
         "innerloop evaluate checkpoints/omniglot.safetensors --dataset quickdraw --ways 5 "
         "--shots 5 --episodes 600",
     ]
+
+
+def test_a_card_with_the_choice_on_says_what_it_serves(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    path = folder / "quickdraw.safetensors"
+    shutil.copy(REPO / "checkpoints" / "quickdraw.safetensors", path)
+    learner, card = load_checkpoint(path)
+    card["inner_loop"]["candidates"] = [[0, 0.01], [5, 0.05]]
+    save_checkpoint(learner, path, card)
+    block = results_table.results_markdown(folder)
+    assert (
+        "serves per request, the loop its held-out support examples choose among 0 steps of lr "
+        "0.01, 5 steps of lr 0.05 (scope head); 0 steps (the prototype answer) where a label "
+        "has one example"
+    ) in block

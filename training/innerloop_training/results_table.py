@@ -83,9 +83,19 @@ def _served(card: dict[str, Any]) -> str:
     loop = card.get("inner_loop", {})
     scope = card.get("adaptation", {}).get("scope", "all")
     steps = int(loop.get("steps", 0))
-    if steps == 0:
-        return "0 steps (the prototype answer)"
-    return f"{steps} steps of lr {loop.get('lr')}, scope {scope}"
+    default = (
+        "0 steps (the prototype answer)"
+        if steps == 0
+        else f"{steps} steps of lr {loop.get('lr')}, scope {scope}"
+    )
+    candidates = loop.get("candidates") or []
+    if not candidates or card.get("task") != "classification":
+        return default
+    loops = ", ".join(f"{int(s)} steps of lr {lr:g}" for s, lr in candidates)
+    return (
+        f"per request, the loop its held-out support examples choose among {loops} (scope "
+        f"{scope}); {default} where a label has one example"
+    )
 
 
 def _minutes(training: dict[str, Any]) -> float:
