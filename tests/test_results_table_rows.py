@@ -59,7 +59,8 @@ def test_a_card_with_the_choice_on_says_what_it_serves(tmp_path: Path) -> None:
     path = folder / "quickdraw.safetensors"
     shutil.copy(REPO / "checkpoints" / "quickdraw.safetensors", path)
     learner, card = load_checkpoint(path)
-    card["inner_loop"]["candidates"] = [[0, 0.01], [5, 0.05]]
+    card["inner_loop"].update(steps=0, lr=0.01, candidates=[[0, 0.01], [5, 0.05]])
+    card["adaptation"]["scope"] = "head"
     save_checkpoint(learner, path, card)
     block = results_table.results_markdown(folder)
     assert (
