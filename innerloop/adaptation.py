@@ -297,9 +297,12 @@ def adapt_prepared(
     step_scale: float = 1.0,
     query_x: Tensor | None = None,
     step_outputs: bool = False,
+    output_steps: frozenset[int] | None = None,
 ) -> Predictions:
     """:func:`adapt_and_predict` after :func:`prepare`; ``step_scale`` multiplies every step
-    size (a requested lr), ``query_x`` replaces the prepared queries (already prefixed)."""
+    size (a requested lr), ``query_x`` replaces the prepared queries (already prefixed).
+    ``output_steps`` limits ``step_outputs`` to the outputs after those steps (and the last),
+    in increasing order."""
     model, meta_params, batching = prepared.model, prepared.meta_params, prepared.batching
     step_sizes: Mapping[str, Tensor] = prepared.step_sizes
     if step_scale != 1.0:
@@ -326,7 +329,8 @@ def adapt_prepared(
         seen: list[Tensor] = []
 
         def observe(step: int, fast: Params, _grads: Params, _loss: Tensor) -> None:
-            if step > 0:  # the parameters after step ``step`` (before its successor's update)
+            # ``fast`` holds the parameters after step ``step`` (before its successor's update)
+            if step > 0 and (output_steps is None or step in output_steps):
                 fixed = {k: v for k, v in meta_params.items() if k not in fast}
                 seen.append(model.forward({**fixed, **fast}, qx, cm))
 

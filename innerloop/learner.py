@@ -371,17 +371,47 @@ class Learner:
         with torch.no_grad():
             prepared = prepare(self, self.params, self.step_sizes, support_x, query_x)
 
+            # candidates of one step size share one trajectory: the answer after 10 steps is
+            # on the way to the one after 20, so each fold runs each step size's longest loop
+            # once and reads the shorter candidates' answers off it
+            wanted: dict[float, list[int]] = {}
+            for steps_c, lr_c in self.inner.candidates:
+                if steps_c > 0:
+                    wanted.setdefault(lr_c, []).append(steps_c)
+            share = self.inner.tolerance == 0  # an early stop ends each task on its own
+            trajectories: dict[float, tuple[Tensor, Tensor]] = {}  # lr -> (fold weight, outputs)
+
             def held_out(candidate: Candidate, weight: Tensor) -> Tensor:
-                loop = self.inner.loop(candidate[0], first_order=True)
-                return adapt_prepared(
-                    prepared,
-                    support_y,
-                    weight,
-                    class_mask,
-                    loop,
-                    step_scale=candidate[1] / self.inner.lr,
-                    query_x=prepared.support_x,
-                ).outputs
+                steps_c, lr_c = candidate
+                scale = lr_c / self.inner.lr
+                if not share or steps_c == 0:
+                    loop = self.inner.loop(steps_c, first_order=True)
+                    return adapt_prepared(
+                        prepared,
+                        support_y,
+                        weight,
+                        class_mask,
+                        loop,
+                        step_scale=scale,
+                        query_x=prepared.support_x,
+                    ).outputs
+                counts = sorted(wanted[lr_c])
+                kept = trajectories.get(lr_c)
+                if kept is None or kept[0] is not weight:  # a new fold: run the longest loop
+                    outputs = adapt_prepared(
+                        prepared,
+                        support_y,
+                        weight,
+                        class_mask,
+                        self.inner.loop(counts[-1], first_order=True),
+                        step_scale=scale,
+                        query_x=prepared.support_x,
+                        step_outputs=True,
+                        output_steps=frozenset(counts[:-1]),
+                    ).step_outputs
+                    assert outputs is not None
+                    kept = trajectories[lr_c] = (weight, outputs)
+                return kept[1][:, counts.index(steps_c)]
 
             def run(candidate: Candidate, tasks: Tensor) -> Predictions:
                 loop = self.inner.loop(candidate[0], first_order=True)

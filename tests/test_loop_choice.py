@@ -191,3 +191,43 @@ def test_the_choice_does_not_depend_on_the_support_order() -> None:
     assert a is not None and b is not None
     assert torch.equal(a.chosen, b.chosen)
     assert torch.equal(a.held_out_correct, b.held_out_correct)
+
+
+def test_candidates_sharing_a_step_size_share_one_trajectory_with_the_same_scores() -> None:
+    """The held-out scores read off one 3-step trajectory equal those of separate 2- and
+    3-step loops: the shortcut changes the cost, not the choice."""
+    from innerloop.adaptation import adapt_prepared, prepare
+    from innerloop.loop_choice import score
+
+    learner = choosing_learner(candidates=((2, 0.05), (3, 0.05), (3, 2.0)))
+    batch = random_image_tasks(tasks=4, ways=3, shots=3, queries=2, seed=12)
+    shared = run(learner, batch).choice
+    assert shared is not None
+    with torch.no_grad():
+        prepared = prepare(
+            learner, learner.params, learner.step_sizes, batch.support_x, batch.query_x
+        )
+
+        def separately(candidate: tuple[int, float], weight: torch.Tensor) -> torch.Tensor:
+            return adapt_prepared(
+                prepared,
+                batch.support_y,
+                weight,
+                batch.class_mask,
+                learner.inner.loop(candidate[0], first_order=True),
+                step_scale=candidate[1] / learner.inner.lr,
+                query_x=prepared.support_x,
+            ).outputs
+
+        alone = score(
+            separately,
+            learner.inner.candidates,
+            batch.support_x,
+            batch.support_y,
+            batch.support_weight,
+            batch.class_mask,
+            learner.inner.choice_folds,
+        )
+    assert torch.equal(shared.held_out_correct, alone.held_out_correct)
+    torch.testing.assert_close(shared.held_out_loss, alone.held_out_loss, rtol=1e-5, atol=1e-6)
+    assert torch.equal(shared.chosen, alone.chosen)
