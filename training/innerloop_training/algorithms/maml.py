@@ -54,7 +54,7 @@ class GradientMetaLearner(MetaAlgorithm):
         self.meta_step = 0
         self.learn_step_sizes = learn_step_sizes or name == "metasgd"
         # learned step sizes of MAML / first-order MAML (MAML++'s LSLR) stay >= 0: left free,
-        # the outer loop turned the head's steps negative within 250 meta-steps, a loop that
+        # the outer loop turns the head's steps negative (docs/papers-vs-innerloop.md), a loop that
         # *un-fits* the support set to soften the query answer (a calibration trick the head's
         # learned scale is there for). Meta-SGD keeps its paper's unconstrained step sizes.
         self.nonnegative_step_sizes = self.learn_step_sizes and name != "metasgd"
